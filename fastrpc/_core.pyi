@@ -1,0 +1,226 @@
+"""fastrpc._core: the compiled connection core. It owns bytes and nothing else.
+
+Three parts, all sans-I/O in this module's Python surface:
+
+* ``BufferPool``: fixed-size blocks in size classes under a hard byte ceiling.
+* ``FrameParser`` and the ``encode_*`` functions: the RFC 6455 §5 frame codec.
+* ``ConnTable``: connection slots in C arrays, per-IP counts, the idle scan.
+
+No asyncio and no JSON in here. Blocks are named by integer *handles*, never by
+pointers, so a slot stores 4 bytes per borrowed block and a bad handle is caught.
+"""
+from typing import Final, Sequence
+
+Buffer = bytes | bytearray | memoryview
+
+# Opcodes (RFC 6455 §5.2)
+OP_CONTINUATION: Final[int]  # 0x0
+OP_TEXT: Final[int]  # 0x1
+OP_BINARY: Final[int]  # 0x2
+OP_CLOSE: Final[int]  # 0x8
+OP_PING: Final[int]  # 0x9
+OP_PONG: Final[int]  # 0xA
+
+DEFAULT_SIZE_CLASSES: Final[tuple[int, ...]]  # (1 KiB, 8 KiB, 64 KiB, 1 MiB)
+DEFAULT_POOL_LIMIT: Final[int]  # 64 MiB
+DEFAULT_ARENA_SIZE: Final[int]  # 256 KiB
+DEFAULT_MAX_MESSAGE_SIZE: Final[int]  # 1 MiB
+DEFAULT_MAX_FRAGMENTS: Final[int]  # 1024
+MAX_CLASSES: Final[int]  # 8
+SLOT_SIZE: Final[int]  # bytes of C memory one connection-table slot uses
+FRAME_STATE_SIZE: Final[int]  # bytes of parser state inside one slot
+
+class BufferPool:
+    """Fixed-size blocks in a few size classes, carved from arenas reserved lazily.
+
+    ``acquire`` and ``release`` are O(1) and allocate no Python objects at the C
+    level; this Python surface exists for tests, stats and the Python layer.
+    Arenas are reserved only when a class has no free block, and never past
+    ``limit`` bytes in total: the pool does not grow past its ceiling.
+    """
+
+    def __init__(
+        self,
+        size_classes: Sequence[int] = ...,
+        limit: int = ...,
+        arena_size: int = ...,
+    ) -> None:
+        """``size_classes``: strictly increasing block sizes in bytes, each a multiple
+        of 16, at most 8 classes. ``limit``: hard ceiling on bytes reserved for arenas.
+        ``arena_size``: bytes reserved at a time for a class (a class whose block is
+        larger reserves one block at a time)."""
+    @property
+    def size_classes(self) -> tuple[int, ...]: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def bytes_reserved(self) -> int:
+        """Bytes of arenas currently reserved (malloc'd), all classes."""
+    @property
+    def bytes_in_use(self) -> int:
+        """Bytes of blocks currently handed out (block size, not bytes written)."""
+    @property
+    def high_water(self) -> int:
+        """Largest ``bytes_in_use`` seen since creation."""
+    @property
+    def failed_acquires(self) -> int:
+        """Acquires refused because the ceiling was reached."""
+    def acquire(self, size: int) -> int:
+        """Borrow a block of the smallest class holding ``size`` bytes; returns its handle.
+
+        Raises ``PoolExhausted`` when the ceiling is reached (counted in
+        ``failed_acquires``) and ``ValueError`` when ``size`` exceeds the largest class.
+        """
+    def release(self, handle: int) -> None:
+        """Return a block. Raises ``InvalidBlock`` for a handle released twice or
+        one this pool never handed out."""
+    def block_size(self, handle: int) -> int:
+        """Capacity in bytes of the block behind a live handle."""
+    def write(self, handle: int, offset: int, data: Buffer) -> None:
+        """Copy ``data`` into the block at ``offset`` (bounds-checked; tests and tools)."""
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        """Copy ``size`` bytes out of the block at ``offset`` (bounds-checked)."""
+    def trim(self) -> int:
+        """Free every arena none of whose blocks is in use; returns bytes freed.
+        O(blocks reserved): call it from housekeeping, never per message."""
+    def stats(self) -> dict[str, object]:
+        """``bytes_reserved``, ``bytes_in_use``, ``high_water``, ``failed_acquires``,
+        ``limit``, ``size_classes`` and ``blocks_in_use`` (a tuple, one per class)."""
+
+class FrameParser:
+    """Incremental RFC 6455 frame parser for one connection: bytes in, events out.
+
+    ``feed`` accepts input split at any byte boundary. Complete frames are parsed
+    and unmasked straight from the caller's buffer; only a partial frame or a
+    fragmented message borrows a block from ``pool``, and returns it the moment the
+    message completes, or on ``close()``. The state is a small C struct, the same
+    one a connection-table slot holds.
+
+    Events are ``(opcode, payload)`` tuples, payload always ``bytes`` owned by the
+    caller:
+
+    * ``OP_TEXT``: a whole text message, already validated as UTF-8 (as bytes, so it
+      can go straight to a JSON decoder);
+    * ``OP_BINARY``: a whole binary message;
+    * ``OP_PING`` / ``OP_PONG``: the control payload (≤ 125 bytes);
+    * ``OP_CLOSE``: the raw close payload, already validated (empty, or a valid
+      code plus UTF-8 reason); ``parse_close`` splits it.
+
+    Errors raise ``ProtocolError(code, reason)`` carrying the close code to send
+    (1002, 1007, 1009, 1013). The events completed before the error in the same
+    ``feed`` call are in ``ProtocolError.events``. After an error the parser
+    is dead: every later ``feed`` raises the same error. A ``feed`` after a close
+    frame raises ``ProtocolError(1002, ...)``; after an error or close the caller
+    must not keep reading.
+    """
+
+    def __init__(
+        self,
+        pool: BufferPool,
+        *,
+        client: bool = False,
+        max_message_size: int = ...,
+        max_fragments: int = ...,
+    ) -> None:
+        """``client=False`` (server role): every frame must be masked.
+        ``client=True``: every frame must be unmasked.
+        ``max_message_size``: bytes of one message, all fragments together; checked
+        from each frame's length field before any payload is buffered (→ 1009).
+        ``max_fragments``: frames in one data message (→ 1009)."""
+    def feed(self, data: Buffer) -> list[tuple[int, bytes]]:
+        """Parse ``data`` and return the events it completed, in order."""
+    @property
+    def buffered(self) -> int:
+        """Bytes of pooled blocks this parser holds now (0 between messages)."""
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was parsed or an error raised."""
+    def close(self) -> None:
+        """Return every block this parser holds. Idempotent; ``__dealloc__`` does it too."""
+
+def encode_frame(
+    opcode: int,
+    payload: Buffer = b"",
+    *,
+    fin: bool = True,
+    mask: bool = False,
+    rsv: int = 0,
+) -> bytes:
+    """One frame, header and payload in one buffer. ``mask=True`` (client role) masks
+    with a key from the OS's strong random source, drawn in batches. ``rsv`` sets the
+    RSV1-3 bits (0-7): only for tests of peers that must reject them."""
+
+def encode_close(code: int | None = 1000, reason: str | bytes = b"", *, mask: bool = False) -> bytes:
+    """A close frame. ``code=None`` sends an empty payload. Raises ``ValueError`` for
+    a code that may not be sent or a payload over 125 bytes."""
+
+def encode_ping(payload: Buffer = b"", *, mask: bool = False) -> bytes: ...
+def encode_pong(payload: Buffer = b"", *, mask: bool = False) -> bytes: ...
+def apply_mask(data: Buffer, mask: Buffer) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3), on machine words."""
+
+def validate_utf8(data: Buffer) -> bool:
+    """True when ``data`` is well-formed UTF-8 (no surrogates, no overlongs)."""
+
+def is_valid_close_code(code: int) -> bool:
+    """True for a code a peer may put on the wire (RFC 6455 §7.4)."""
+
+def parse_close(payload: Buffer) -> tuple[int, str]:
+    """Split a validated close payload: ``(1005, "")`` for an empty one."""
+
+def monotonic_ms() -> int:
+    """The clock the table uses: CLOCK_MONOTONIC in milliseconds, as a uint32
+    (wraps every 49.7 days; every comparison is wrap-safe)."""
+
+class ConnTable:
+    """Fixed-capacity connection slots in C arrays; O(1) add and remove through a
+    free list; never a Python object per connection.
+
+    Connection ids are ``generation << 32 | slot``: a slot reused by a new client
+    gets a new generation, so a stale id never reaches the new client (``KeyError``).
+    Per-IP counts are kept in an open-addressing table (IPv4 and IPv6 addresses are
+    keyed by their 16-byte form) with a cap check on ``add``.
+    """
+
+    def __init__(self, capacity: int, max_per_ip: int = 256) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def max_per_ip(self) -> int: ...
+    def __len__(self) -> int:
+        """Connections in the table."""
+    def add(self, fd: int, ip: str | bytes, port: int = 0, now: int | None = None) -> int:
+        """Take a free slot for ``fd`` from ``ip`` (text, or packed 4 or 16 bytes);
+        returns the connection id. Raises ``TableFull`` or ``PerIPLimitExceeded``;
+        then nothing changed. ``now`` defaults to ``monotonic_ms()``."""
+    def remove(self, cid: int) -> int:
+        """Free the slot (and any blocks its parser holds); returns the fd it held.
+        Raises ``KeyError`` for a stale or unknown id."""
+    def __contains__(self, cid: int) -> bool: ...
+    def ip_count(self, ip: str | bytes) -> int:
+        """Connections held now by ``ip``."""
+    def ips(self) -> int:
+        """Distinct addresses with at least one connection."""
+    def touch(self, cid: int, now: int | None = None, *, message: bool = True) -> None:
+        """Record activity: any bytes received (``message=False``) or a whole message."""
+    def count_traffic(self, cid: int, bytes_in: int = 0, bytes_out: int = 0, msgs_in: int = 0, msgs_out: int = 0) -> None: ...
+    def set_inflight(self, cid: int, n: int) -> None: ...
+    def info(self, cid: int) -> dict[str, object]:
+        """fd, state, peer (ip text, port), last_message, last_receive, bytes and
+        messages in/out, requests in flight, ping outstanding."""
+    def mark_ping_sent(self, cid: int, now: int | None = None) -> None: ...
+    def scan(
+        self,
+        now: int | None = None,
+        idle_timeout_ms: int = 0,
+        ping_interval_ms: int = 0,
+        pong_timeout_ms: int = 0,
+    ) -> tuple[list[int], list[int], list[int]]:
+        """One pass over the table: ``(idle, ping_due, dead)`` connection ids.
+
+        idle: no whole message for ``idle_timeout_ms``; ping_due: nothing received for
+        ``ping_interval_ms`` and no ping outstanding (the scan marks the ping as sent);
+        dead: a ping outstanding for ``pong_timeout_ms``. A timeout of 0 disables
+        that check. Reads 4-byte timestamps only; cheap enough for every second over
+        100,000 slots.
+        """
