@@ -1,0 +1,94 @@
+"""Every limit fastrpc enforces, with its default, in one frozen dataclass.
+
+Each limit has a counter in ``Server.metrics()`` and a test that drives it past
+the limit. Sizes are bytes, times are seconds. ``None`` disables a timeout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    # --- admission (issue 3) ---------------------------------------------------------
+    max_connections: int = 10_000
+    """Open WebSocket connections. Past it an upgrade gets 503 + Retry-After."""
+    max_connections_per_ip: int = 256
+    """Connections from one peer address (IPv4 or IPv6). Past it: 429."""
+    max_pending_handshakes: int = 1_024
+    """Sockets accepted but not yet upgraded; past it new sockets are closed at once."""
+    retry_after: int = 5
+    """Seconds put in the Retry-After header of a 503."""
+    # --- memory ------------------------------------------------------------------------
+    memory_limit: int = 256 * MiB
+    """Hard ceiling on bytes the server holds in pooled blocks plus the accounted
+    per-connection cost. Above it buffered messages are refused with 1013."""
+    memory_soft_ratio: float = 0.8
+    """Above memory_limit * memory_soft_ratio new upgrades get 503 and /health 503."""
+    rss_limit: int | None = None
+    """Optional ceiling on the process RSS (bytes): above it new upgrades get 503."""
+    pool_size_classes: tuple[int, ...] = (1 * KiB, 8 * KiB, 64 * KiB, 1 * MiB)
+    """Block sizes of the buffer pool; the largest must hold max_message_size."""
+    # --- handshake ---------------------------------------------------------------------
+    max_handshake_size: int = 8 * KiB
+    """Bytes of request line plus headers. Past it: 431 and the socket is closed."""
+    handshake_timeout: float | None = 10.0
+    """Seconds from accept to a complete request head; then the socket is dropped."""
+    # --- messages ----------------------------------------------------------------------
+    max_message_size: int = 1 * MiB
+    """Bytes of one message, all fragments; checked from the frame header → 1009."""
+    max_fragments: int = 1_024
+    """Frames in one fragmented message → 1009."""
+    max_requests_in_flight: int = 64
+    """Requests of one connection being handled; past it the server stops reading
+    that connection until one finishes."""
+    # --- output and backpressure -------------------------------------------------------
+    write_high_water: int = 64 * KiB
+    """Pending output per connection above which its requests are not read."""
+    max_pending_output: int = 4 * MiB
+    """Pending output per connection above which the peer is closed (it does not read)."""
+    # --- keepalive ---------------------------------------------------------------------
+    idle_timeout: float | None = 300.0
+    """Seconds without a whole message → close 1001."""
+    ping_interval: float | None = 30.0
+    """Seconds without any received byte before the server pings."""
+    pong_timeout: float | None = 30.0
+    """Seconds a ping may go unanswered → the connection is dropped (1006 for the peer)."""
+    close_timeout: float = 5.0
+    """Seconds to wait for the peer's close frame after ours."""
+    drain_timeout: float = 10.0
+    """Seconds stop() waits for requests in flight before closing with 1001."""
+    # --- JSON-RPC (issue 4) ------------------------------------------------------------
+    max_batch_length: int = 1_000
+    """Requests in one batch → one -32600 error answer."""
+    max_batch_response_size: int = 25 * MiB
+    """Bytes of one batch answer; past it remaining calls get an error."""
+    request_timeout: float | None = 30.0
+    """Default seconds one call may run (each service may set its own)."""
+    max_subscriptions: int = 1_024
+    """Subscriptions one connection may hold."""
+    max_subscriber_queue: int = 4 * MiB
+    """Bytes queued to one subscriber; past it the subscription is dropped."""
+
+    def replace(self, **changes: Any) -> "Limits":
+        return replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_connections_per_ip < 1:
+            raise ValueError("max_connections and max_connections_per_ip must be >= 1")
+        if self.max_message_size > max(self.pool_size_classes):
+            raise ValueError(
+                f"max_message_size ({self.max_message_size}) exceeds the largest pool "
+                f"block ({max(self.pool_size_classes)}): add a larger size class"
+            )
+        if self.max_message_size >= 2**31:
+            raise ValueError("max_message_size must be below 2 GiB")
+        for name in ("idle_timeout", "ping_interval", "pong_timeout", "handshake_timeout"):
+            value = getattr(self, name)
+            # The table keeps uint32 millisecond stamps: intervals must stay far below 49 days.
+            if value is not None and not (0 < value < 24 * 86400):
+                raise ValueError(f"{name} must be None or between 0 and 24 days")
