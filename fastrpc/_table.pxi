@@ -1,0 +1,306 @@
+# ConnTable: connection slots in one C array, a free list, per-IP counts, the idle scan.
+
+SLOT_SIZE = sizeof(Slot)
+
+
+cdef inline uint32_t monotonic_ms_c() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint32_t>(<uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000)
+
+
+def monotonic_ms():
+    return monotonic_ms_c()
+
+
+cdef inline bint elapsed(uint32_t now, uint32_t since, uint32_t timeout) noexcept nogil:
+    # Wrap-safe: the difference of two uint32 stamps is right across the 49.7-day wrap.
+    return <uint32_t>(now - since) >= timeout
+
+
+cdef inline uint32_t _ip_hash(const uint8_t* a) noexcept nogil:
+    # FNV-1a over the 16 bytes, then a final mix: cheap and well spread for addresses.
+    cdef uint32_t h = 2166136261u
+    cdef int i
+    for i in range(16):
+        h = (h ^ a[i]) * 16777619u
+    h ^= h >> 15
+    h *= 0x2c1b3c6du
+    h ^= h >> 12
+    return h
+
+
+cdef bytes _addr16(object ip):
+    """An address (text, or packed 4 / 16 bytes) in its 16-byte IPv6-mapped form."""
+    if isinstance(ip, str):
+        try:
+            packed = _socket.inet_pton(_socket.AF_INET, ip)
+        except OSError:
+            try:
+                packed = _socket.inet_pton(_socket.AF_INET6, ip)
+            except OSError:
+                raise ValueError(f"not an IP address: {ip!r}") from None
+    else:
+        packed = bytes(ip)
+    if len(packed) == 4:
+        return b"\0" * 10 + b"\xff\xff" + packed
+    if len(packed) == 16:
+        return packed
+    raise ValueError("a packed address has 4 or 16 bytes")
+
+
+cdef str addr_text(const uint8_t* a):
+    cdef bytes raw = PyBytes_FromStringAndSize(<const char*>a, 16)
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return _socket.inet_ntop(_socket.AF_INET, raw[12:])
+    return _socket.inet_ntop(_socket.AF_INET6, raw)
+
+
+cdef class ConnTable:
+    def __cinit__(self, uint32_t capacity, uint32_t max_per_ip=256, BufferPool pool=None):
+        cdef uint32_t i, size = 16
+        if capacity < 1 or capacity > (1 << 24):
+            raise ValueError("capacity must be between 1 and 16,777,216")
+        if max_per_ip < 1:
+            raise ValueError("max_per_ip must be >= 1")
+        self.capacity = capacity
+        self.max_per_ip = max_per_ip
+        self.pool = pool if pool is not None else BufferPool()
+        # calloc: pages of slots never used are never touched, so they cost no RSS.
+        self.slots = <Slot*>calloc(capacity, sizeof(Slot))
+        while size < 2 * capacity:
+            size <<= 1
+        self.ips_tab = <IPEntry*>calloc(size, sizeof(IPEntry))
+        self.ips_mask = size - 1
+        if self.slots == NULL or self.ips_tab == NULL:
+            raise MemoryError()
+        # Free list threaded lazily: next_free == 0 in a zeroed slot means "the slot
+        # after me", so building the list touches no page up front.
+        self.free_head = 0
+        self.count = 0
+        self.n_ips = 0
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self.slots != NULL:
+            if self.count and self.pool is not None:
+                for i in range(self.capacity):
+                    if self.slots[i].state != SLOT_FREE:
+                        self.free_blocks(&self.slots[i])
+            free(self.slots)
+        free(self.ips_tab)
+
+    # --- per-IP counts: open addressing, linear probing, backward-shift deletion ------
+
+    cdef uint32_t ip_find(self, const uint8_t* a) noexcept:
+        """Index of the entry for `a`, or of the empty entry where it would go."""
+        cdef uint32_t i = _ip_hash(a) & self.ips_mask
+        while self.ips_tab[i].count and memcmp(self.ips_tab[i].addr, a, 16) != 0:
+            i = (i + 1) & self.ips_mask
+        return i
+
+    cdef void _ip_dec(self, const uint8_t* a) noexcept:
+        cdef uint32_t i = self.ip_find(a)
+        cdef uint32_t j, k
+        if self.ips_tab[i].count == 0:
+            return
+        self.ips_tab[i].count -= 1
+        if self.ips_tab[i].count:
+            return
+        self.n_ips -= 1
+        # Backward-shift: pull later entries of the probe run into the hole so lookups
+        # never need tombstones.
+        j = i
+        while True:
+            j = (j + 1) & self.ips_mask
+            if self.ips_tab[j].count == 0:
+                break
+            k = _ip_hash(self.ips_tab[j].addr) & self.ips_mask
+            # Move j into the hole i unless k lies cyclically in (i, j].
+            if (i <= j and (k <= i or k > j)) or (i > j and (k <= i and k > j)):
+                self.ips_tab[i] = self.ips_tab[j]
+                self.ips_tab[j].count = 0
+                i = j
+
+    # --- slots ---------------------------------------------------------------------
+
+    cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now) noexcept:
+        """Slot index for a new connection, or -1 (table full) / -2 (per-IP cap)."""
+        cdef uint32_t ip = self.ip_find(addr16)
+        cdef int32_t idx
+        cdef Slot* s
+        cdef uint32_t gen
+        if self.count >= self.capacity:
+            return -1
+        if self.ips_tab[ip].count >= self.max_per_ip:
+            return -2
+        idx = self.free_head
+        s = &self.slots[idx]
+        # A never-used slot (gen 0) links implicitly to the next one.
+        self.free_head = s.next_free if s.gen else idx + 1
+        gen = s.gen + 1
+        if gen == 0:
+            gen = 1
+        memset(s, 0, sizeof(Slot))
+        s.gen = gen
+        s.fd = fd
+        s.next_free = -1
+        memcpy(s.addr, addr16, 16)
+        s.port = port
+        s.state = SLOT_OPEN
+        s.last_message = now
+        s.last_receive = now
+        s.ping_sent = now
+        if self.ips_tab[ip].count == 0:
+            memcpy(self.ips_tab[ip].addr, addr16, 16)
+            self.n_ips += 1
+        self.ips_tab[ip].count += 1
+        self.count += 1
+        return idx
+
+    cdef inline Slot* get(self, uint64_t cid) noexcept:
+        cdef uint64_t idx = cid & 0xFFFFFFFF
+        cdef Slot* s
+        if idx >= self.capacity:
+            return NULL
+        s = &self.slots[idx]
+        if s.state == SLOT_FREE or s.gen != <uint32_t>(cid >> 32):
+            return NULL
+        return s
+
+    cdef void free_blocks(self, Slot* s) noexcept:
+        cdef uint32_t h, nxt
+        release_parser_blocks(&s.parser, self.pool)
+        if s.hs_block:
+            self.pool.release_c(s.hs_block)
+            s.hs_block = 0
+        h = s.out_head
+        while h:
+            nxt = (<uint32_t*>self.pool.ptr(h))[0]
+            self.pool.release_c(h)
+            h = nxt
+        s.out_head = s.out_tail = 0
+        s.out_bytes = 0
+
+    cdef int remove_c(self, uint64_t cid) noexcept:
+        """Free the slot; returns its fd, or -1 for a stale id."""
+        cdef Slot* s = self.get(cid)
+        cdef int fd
+        cdef uint32_t idx = cid & 0xFFFFFFFF
+        if s == NULL:
+            return -1
+        fd = s.fd
+        self.free_blocks(s)
+        self._ip_dec(s.addr)
+        s.state = SLOT_FREE
+        s.fd = -1
+        s.flags = 0
+        s.next_free = self.free_head
+        self.free_head = idx
+        self.count -= 1
+        return fd
+
+    # --- Python surface -----------------------------------------------------------
+
+    cdef Slot* _slot(self, cid) except NULL:
+        cdef Slot* s = self.get(<uint64_t>cid) if 0 <= cid < 2**64 else NULL
+        if s == NULL:
+            raise KeyError(cid)
+        return s
+
+    def __len__(self):
+        return self.count
+
+    def __contains__(self, cid):
+        return isinstance(cid, int) and 0 <= cid < 2**64 and self.get(cid) != NULL
+
+    def add(self, int fd, ip, int port=0, now=None):
+        cdef bytes a = _addr16(ip)
+        cdef int64_t idx = self.add_c(fd, <const uint8_t*>PyBytes_AS_STRING(a), port,
+                                      monotonic_ms_c() if now is None else <uint32_t>now)
+        if idx == -1:
+            raise TableFull(f"connection table full ({self.capacity} slots)")
+        if idx == -2:
+            raise PerIPLimitExceeded(f"{addr_text(<const uint8_t*>PyBytes_AS_STRING(a))} "
+                                     f"holds {self.max_per_ip} connections")
+        return (<uint64_t>self.slots[idx].gen << 32) | <uint64_t>idx
+
+    def remove(self, cid):
+        self._slot(cid)
+        return self.remove_c(cid)
+
+    def ip_count(self, ip):
+        cdef bytes a = _addr16(ip)
+        return self.ips_tab[self.ip_find(<const uint8_t*>PyBytes_AS_STRING(a))].count
+
+    def ips(self):
+        return self.n_ips
+
+    def touch(self, cid, now=None, *, bint message=True):
+        cdef Slot* s = self._slot(cid)
+        cdef uint32_t t = monotonic_ms_c() if now is None else <uint32_t>now
+        s.last_receive = t
+        s.flags &= ~SF_PING_SENT
+        if message:
+            s.last_message = t
+
+    def count_traffic(self, cid, uint64_t bytes_in=0, uint64_t bytes_out=0,
+                      uint32_t msgs_in=0, uint32_t msgs_out=0):
+        cdef Slot* s = self._slot(cid)
+        s.bytes_in += bytes_in
+        s.bytes_out += bytes_out
+        s.msgs_in += msgs_in
+        s.msgs_out += msgs_out
+
+    def set_inflight(self, cid, uint16_t n):
+        self._slot(cid).inflight = n
+
+    def mark_ping_sent(self, cid, now=None):
+        cdef Slot* s = self._slot(cid)
+        s.flags |= SF_PING_SENT
+        s.ping_sent = monotonic_ms_c() if now is None else <uint32_t>now
+
+    def info(self, cid):
+        cdef Slot* s = self._slot(cid)
+        return {
+            "fd": s.fd,
+            "state": s.state,
+            "peer": (addr_text(s.addr), s.port),
+            "last_message": s.last_message,
+            "last_receive": s.last_receive,
+            "bytes_in": s.bytes_in,
+            "bytes_out": s.bytes_out,
+            "messages_in": s.msgs_in,
+            "messages_out": s.msgs_out,
+            "inflight": s.inflight,
+            "pending_output": s.out_bytes,
+            "ping_outstanding": bool(s.flags & SF_PING_SENT),
+        }
+
+    def scan(self, now=None, uint32_t idle_timeout_ms=0, uint32_t ping_interval_ms=0,
+             uint32_t pong_timeout_ms=0):
+        cdef uint32_t t = monotonic_ms_c() if now is None else <uint32_t>now
+        cdef uint32_t i, seen = 0
+        cdef Slot* s
+        cdef list idle = [], ping = [], dead = []
+        for i in range(self.capacity):
+            if seen >= self.count:
+                break
+            s = &self.slots[i]
+            if s.state == SLOT_FREE:
+                if s.gen == 0:
+                    break  # never-used slots follow: the table was never fuller
+                continue
+            seen += 1
+            if s.state != SLOT_OPEN:
+                continue
+            if idle_timeout_ms and elapsed(t, s.last_message, idle_timeout_ms):
+                idle.append((<uint64_t>s.gen << 32) | i)
+            elif s.flags & SF_PING_SENT:
+                if pong_timeout_ms and elapsed(t, s.ping_sent, pong_timeout_ms):
+                    dead.append((<uint64_t>s.gen << 32) | i)
+            elif ping_interval_ms and elapsed(t, s.last_receive, ping_interval_ms):
+                s.flags |= SF_PING_SENT
+                s.ping_sent = t
+                ping.append((<uint64_t>s.gen << 32) | i)
+        return idle, ping, dead
