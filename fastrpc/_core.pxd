@@ -88,29 +88,37 @@ cdef enum:
 
 # Slot flags
 cdef enum:
-    SF_PING_SENT = 1     # a keepalive ping is outstanding since `ping_sent`
-    SF_READ_PAUSED = 2   # not reading: requests in flight or pending output past a limit
-    SF_WANT_WRITE = 4    # EPOLLOUT registered: output is waiting in the out chain
-    SF_CLOSE_SENT = 8    # our close frame is queued
-    SF_CLOSE_RECV = 16   # the peer's close frame arrived
-    SF_DIRTY = 32        # on the flush list of the current batch
-    SF_DROP_AFTER_WRITE = 64  # close the socket once the out chain is flushed
+    SF_PING_SENT = 1        # a keepalive ping is outstanding since `ping_sent`
+    SF_READ_PAUSED = 2      # not reading: requests in flight or pending output past a limit
+    SF_REG_IN = 4           # EPOLLIN is registered for fd
+    SF_REG_OUT = 8          # EPOLLOUT is registered for fd (output waits in the out chain)
+    SF_CLOSE_SENT = 16      # our close frame is queued
+    SF_CLOSE_RECV = 32      # the peer's close frame arrived
+    SF_DIRTY = 64           # on the reactor's flush list
+    SF_DROP_AFTER_WRITE = 128   # end the connection once the out chain is flushed
+    SF_IP_COUNTED = 256     # counted in the per-IP table (upgraded, or added by add())
+    SF_LINGER = 512         # refused: answer written, then SHUT_WR; discard input until EOF
+    SF_WANT_OUT = 1024      # send() would block: EPOLLOUT wanted until the out chain drains
 
 cdef struct Slot:
     # One connection: about 150 bytes of C memory, never a Python object.
     int32_t fd                # the client socket; -1 while the slot is free
     uint32_t gen              # generation, bumped on every add: ids are gen << 32 | index
-    int32_t next_free         # next free slot index while free; -1 at the end of the list
+    int32_t next_free         # next free slot index while free; -1 while in use
     uint16_t port             # peer port
     uint8_t state             # SLOT_*
-    uint8_t flags             # SF_*
+    uint8_t pad0
+    uint16_t flags            # SF_*
+    uint16_t inflight         # requests handed to Python and not finished
+    uint16_t close_code       # code for on_close once closing (received, or sent on failure)
+    uint16_t pad1
     uint8_t addr[16]          # peer address, IPv4 as ::ffff:a.b.c.d; key of the per-IP count
     uint32_t last_message     # monotonic ms of the last whole message (idle timeout)
     uint32_t last_receive     # monotonic ms of the last bytes received (ping interval)
     uint32_t ping_sent        # monotonic ms the ping / close was sent, or accept time during handshake
-    uint16_t inflight         # requests handed to Python and not finished
-    uint16_t hs_len           # bytes of the request head gathered in hs_block
-    uint32_t hs_block         # pool handle of the partial request head; 0 = none
+    uint32_t in_block         # pool handle of unparsed input: the request head while
+                              # SLOT_HANDSHAKE, bytes left over while reading is paused
+    uint32_t in_len           # bytes in in_block
     uint32_t msgs_in          # whole messages received
     uint32_t msgs_out         # messages sent
     uint64_t bytes_in         # bytes received on the socket
@@ -118,7 +126,6 @@ cdef struct Slot:
     uint32_t out_head         # first block of pending output; 0 = none
     uint32_t out_tail         # last block of pending output
     uint32_t out_bytes        # bytes of pending output
-    uint32_t dirty_next       # reserved for the flush list
     FrameState parser         # the frame parser of this connection
 
 cdef struct IPEntry:
@@ -135,7 +142,8 @@ cdef class ConnTable:
     cdef uint32_t ips_mask                # ips_tab has ips_mask + 1 entries (power of two)
     cdef readonly uint32_t n_ips          # distinct addresses with a connection
     cdef readonly BufferPool pool
-    cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now) noexcept
+    cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now, bint count_ip) noexcept
+    cdef int ip_admit(self, Slot* s) noexcept
     cdef Slot* get(self, uint64_t cid) noexcept
     cdef int remove_c(self, uint64_t cid) noexcept
     cdef void free_blocks(self, Slot* s) noexcept

@@ -9,12 +9,16 @@ Python surface. The sections live in include files, one job each:
   _pool.pxi    BufferPool
   _frames.pxi  frame parser (parse_next) and encoder
   _table.pxi   ConnTable
+  _driver.pxi  Reactor: the epoll I/O driver over the table (the only part doing I/O)
 """
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.errno cimport errno, EINTR
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset, memcmp
+
+cdef extern from "string.h" nogil:
+    void* memmem(const void* h, size_t hl, const void* n, size_t nl)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -36,3 +40,4 @@ include "_bytes.pxi"
 include "_pool.pxi"
 include "_frames.pxi"
 include "_table.pxi"
+include "_driver.pxi"

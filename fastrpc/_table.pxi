@@ -124,15 +124,17 @@ cdef class ConnTable:
 
     # --- slots ---------------------------------------------------------------------
 
-    cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now) noexcept:
-        """Slot index for a new connection, or -1 (table full) / -2 (per-IP cap)."""
+    cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now,
+                       bint count_ip) noexcept:
+        """Slot index for a new connection, or -1 (table full) / -2 (per-IP cap).
+        With count_ip false the address is counted later, by ip_admit() at upgrade."""
         cdef uint32_t ip = self.ip_find(addr16)
         cdef int32_t idx
         cdef Slot* s
         cdef uint32_t gen
         if self.count >= self.capacity:
             return -1
-        if self.ips_tab[ip].count >= self.max_per_ip:
+        if count_ip and self.ips_tab[ip].count >= self.max_per_ip:
             return -2
         idx = self.free_head
         s = &self.slots[idx]
@@ -151,12 +153,25 @@ cdef class ConnTable:
         s.last_message = now
         s.last_receive = now
         s.ping_sent = now
+        self.count += 1
+        if count_ip:
+            self.ip_admit(s)
+        return idx
+
+    cdef int ip_admit(self, Slot* s) noexcept:
+        """Count the slot's address: 0, or -2 when it already holds max_per_ip."""
+        cdef uint32_t ip
+        if s.flags & SF_IP_COUNTED:
+            return 0
+        ip = self.ip_find(s.addr)
+        if self.ips_tab[ip].count >= self.max_per_ip:
+            return -2
         if self.ips_tab[ip].count == 0:
-            memcpy(self.ips_tab[ip].addr, addr16, 16)
+            memcpy(self.ips_tab[ip].addr, s.addr, 16)
             self.n_ips += 1
         self.ips_tab[ip].count += 1
-        self.count += 1
-        return idx
+        s.flags |= SF_IP_COUNTED
+        return 0
 
     cdef inline Slot* get(self, uint64_t cid) noexcept:
         cdef uint64_t idx = cid & 0xFFFFFFFF
@@ -171,9 +186,10 @@ cdef class ConnTable:
     cdef void free_blocks(self, Slot* s) noexcept:
         cdef uint32_t h, nxt
         release_parser_blocks(&s.parser, self.pool)
-        if s.hs_block:
-            self.pool.release_c(s.hs_block)
-            s.hs_block = 0
+        if s.in_block:
+            self.pool.release_c(s.in_block)
+            s.in_block = 0
+            s.in_len = 0
         h = s.out_head
         while h:
             nxt = (<uint32_t*>self.pool.ptr(h))[0]
@@ -191,7 +207,8 @@ cdef class ConnTable:
             return -1
         fd = s.fd
         self.free_blocks(s)
-        self._ip_dec(s.addr)
+        if s.flags & SF_IP_COUNTED:
+            self._ip_dec(s.addr)
         s.state = SLOT_FREE
         s.fd = -1
         s.flags = 0
@@ -217,7 +234,7 @@ cdef class ConnTable:
     def add(self, int fd, ip, int port=0, now=None):
         cdef bytes a = _addr16(ip)
         cdef int64_t idx = self.add_c(fd, <const uint8_t*>PyBytes_AS_STRING(a), port,
-                                      monotonic_ms_c() if now is None else <uint32_t>now)
+                                      monotonic_ms_c() if now is None else <uint32_t>now, True)
         if idx == -1:
             raise TableFull(f"connection table full ({self.capacity} slots)")
         if idx == -2:

@@ -1,0 +1,350 @@
+"""Server: runs the compiled Reactor inside the caller's running event loop.
+
+The server adds meaning around the core: the HTTP answer (``handshake``), admission
+(max_connections, per-IP cap, memory ceiling), one reaper task for every timeout,
+metrics, and graceful shutdown. It installs no signal handlers and keeps no global
+state, so a node process can embed it next to its own work.
+
+Low-level use (what ``examples/echo_server.py`` does)::
+
+    class Echo:
+        def on_text(self, cid, data):   return data        # reply: same message type
+        def on_binary(self, cid, data): return data
+        def on_close(self, cid, code):  pass
+
+    async with Server(Echo()) as server:
+        await server.start("127.0.0.1", 8546)
+        ...
+
+``on_text`` / ``on_binary`` get every whole message as ``bytes`` and may return a
+reply (``bytes``) or ``None``; they run on the loop and must not block. Replies from
+later (async work) go through ``server.send(cid, data)``. The JSON-RPC layer
+(``fastrpc.rpc``) is such a handler.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import socket
+from typing import Any, Callable, Protocol
+
+from . import _core
+from .handshake import HandshakePolicy, handle_request
+from .limits import Limits
+
+log = logging.getLogger("fastrpc.server")
+
+#: Descriptors the process needs besides client sockets: listeners, epoll, logs, ...
+FD_RESERVE = 32
+
+
+class MessageHandler(Protocol):
+    def on_text(self, cid: int, data: bytes) -> bytes | None: ...
+    def on_binary(self, cid: int, data: bytes) -> bytes | None: ...
+    def on_close(self, cid: int, code: int) -> None: ...
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, int(seconds * 1000))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Server:
+    """A WebSocket server whose connections live in the compiled connection table.
+
+    ``handler``: the message handler (see the module docstring).
+    ``limits``: every limit and timeout (``fastrpc.limits.Limits``).
+    ``origins``: Origin allowlist; ``None`` allows every origin (like websockets).
+    ``auth``: ``auth(path, headers) -> bool | int | None`` run on each upgrade request;
+    synchronous (it runs on the loop: keep it fast, cache what needs I/O).
+    ``keep_headers``: keep each connection's request headers for ``headers(cid)``
+    (costs memory per connection; off by default).
+    """
+
+    def __init__(
+        self,
+        handler: MessageHandler | None = None,
+        *,
+        limits: Limits | None = None,
+        origins: list[str | None] | None = None,
+        auth: Callable[[str, list[tuple[str, str]]], Any] | None = None,
+        keep_headers: bool = False,
+        subprotocols: tuple[str, ...] = (),
+    ) -> None:
+        self.limits = limits = limits or Limits()
+        self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
+        self.reactor = _core.Reactor(
+            self.pool,
+            limits.max_connections,
+            limits.max_pending_handshakes,
+            limits.max_connections_per_ip,
+            max_message_size=limits.max_message_size,
+            max_fragments=limits.max_fragments,
+            max_handshake_size=limits.max_handshake_size,
+            max_inflight=limits.max_requests_in_flight,
+            write_high_water=limits.write_high_water,
+            max_pending_output=limits.max_pending_output,
+        )
+        self._policy = HandshakePolicy(
+            allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols)
+        )
+        self._keep_headers = keep_headers
+        self._headers: dict[int, list[tuple[str, str]]] = {}
+        self._sockets: list[socket.socket] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._over_rss = False
+        self._started = False
+        self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0}
+        r = self.reactor
+        r.on_handshake = self._on_handshake
+        r.on_close = self._on_close
+        r.on_accept_paused = self._on_accept_paused
+        self.handler = handler
+        if handler is not None:
+            self.set_handler(handler)
+
+    def set_handler(self, handler: MessageHandler) -> None:
+        self.handler = handler
+        self.reactor.on_text = handler.on_text
+        self.reactor.on_binary = getattr(handler, "on_binary", handler.on_text)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False, backlog: int = 4096
+    ) -> None:
+        """Listen on host:port (port 0 picks a free one: see ``port``) in the running loop."""
+        if self._started:
+            raise RuntimeError("server already started")
+        if self.handler is None:
+            raise RuntimeError("no message handler: pass one to Server() or set_handler()")
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and self.limits.max_connections + FD_RESERVE > soft:
+            raise ValueError(
+                f"max_connections={self.limits.max_connections} needs more open files than "
+                f"this process may have (RLIMIT_NOFILE={soft}, {FD_RESERVE} kept in reserve): "
+                "lower max_connections or raise the limit (ulimit -n / resource.setrlimit)"
+            )
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            self.reactor.add_listener(sock.fileno())
+        except BaseException:
+            sock.close()
+            raise
+        self._sockets.append(sock)
+        self._loop = loop
+        self.reactor.attach(loop)
+        self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
+        self._started = True
+
+    @property
+    def port(self) -> int:
+        return int(self._sockets[0].getsockname()[1])
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (up to drain_timeout), close
+        every connection with 1001 (waiting up to close_timeout for the peers' close
+        frames), then drop what is left. Returns with the table empty."""
+        if not self._started:
+            return
+        self._draining = True
+        r = self.reactor
+        r.remove_listeners()
+        for s in self._sockets:
+            s.close()
+        self._sockets.clear()
+        await self._wait(lambda: r.inflight_total == 0, self.limits.drain_timeout)
+        r.close_all(1001, b"server shutting down")
+        await self._wait(lambda: len(r) == 0, self.limits.close_timeout)
+        r.abort_all()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            try:
+                await self._reaper
+            except asyncio.CancelledError:
+                pass
+            self._reaper = None
+        r.detach()
+        self._headers.clear()
+        self.pool.trim()
+        self._started = False
+
+    async def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- the reaper: one task replaces every per-connection timer -----------------
+
+    def _tick(self) -> float:
+        lim = self.limits
+        timeouts = [
+            t
+            for t in (lim.handshake_timeout, lim.idle_timeout, lim.ping_interval, lim.pong_timeout, lim.close_timeout)
+            if t
+        ]
+        return max(0.02, min([1.0] + [t / 4 for t in timeouts]))
+
+    async def _reap(self) -> None:
+        lim = self.limits
+        tick = self._tick()
+        args = (
+            _ms(lim.handshake_timeout),
+            _ms(lim.idle_timeout),
+            _ms(lim.ping_interval),
+            _ms(lim.pong_timeout),
+            _ms(lim.close_timeout),
+        )
+        n = 0
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self.reactor.sweep(*args)
+                n += 1
+                if n % max(1, int(1 / tick)) == 0:  # about once a second
+                    if lim.rss_limit is not None:
+                        self._over_rss = _rss_bytes() > lim.rss_limit
+                    if self.pool.bytes_in_use < self.pool.bytes_reserved // 2:
+                        self.pool.trim()
+            except Exception:
+                log.exception("reaper sweep failed")
+
+    # --- admission and the HTTP side ----------------------------------------------
+
+    def memory_in_use(self) -> int:
+        """Bytes the server holds: pooled blocks in use plus the slots in use."""
+        return self.pool.bytes_in_use + len(self.reactor) * _core.SLOT_SIZE
+
+    def _over_soft_limit(self) -> bool:
+        return self._over_rss or self.memory_in_use() > self.limits.memory_limit * self.limits.memory_soft_ratio
+
+    def _admit(self, cid: int) -> tuple[int, str, list[tuple[str, str]]] | None:
+        retry = [("Retry-After", str(self.limits.retry_after))]
+        if self._draining:
+            self.refused["draining"] += 1
+            return (503, "server shutting down", retry)
+        verdict = self.reactor.admission(cid)
+        if verdict == 1:
+            self.refused["max_connections"] += 1
+            return (503, "too many connections", retry)
+        if verdict == 2:
+            self.refused["per_ip"] += 1
+            return (429, "too many connections from this address", retry)
+        if self._over_soft_limit():
+            self.refused["memory"] += 1
+            return (503, "server over its memory limit", retry)
+        return None
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /health``: 200 with load figures, 503 while draining or over the memory ceiling."""
+        r = self.reactor
+        body = {
+            "status": "ok",
+            "connections": r.n_open,
+            "max_connections": self.limits.max_connections,
+            "pending_handshakes": r.n_pending,
+            "requests_in_flight": r.inflight_total,
+            "memory_bytes": self.memory_in_use(),
+            "memory_limit": self.limits.memory_limit,
+        }
+        if self._draining:
+            body["status"] = "draining"
+            return 503, body
+        if self._over_soft_limit():
+            body["status"] = "over memory limit"
+            return 503, body
+        return 200, body
+
+    def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes, bool]:
+        d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid))
+        if d.upgrade and self._keep_headers:
+            self._headers[cid] = d.headers
+        return d.response, d.upgrade
+
+    def _on_close(self, cid: int, code: int) -> None:
+        if self._keep_headers:
+            self._headers.pop(cid, None)
+        on_close = getattr(self.handler, "on_close", None)
+        if on_close is not None:
+            on_close(cid, code)
+
+    def _on_accept_paused(self) -> None:
+        log.warning("out of file descriptors: accepting paused for 0.5 s")
+        if self._loop is not None and not self._draining:
+            self._loop.call_later(0.5, self._resume_accept)
+
+    def _resume_accept(self) -> None:
+        if not self._draining and self._started:
+            self.reactor.resume_accept()
+
+    # --- the transport API (used by handlers and the JSON-RPC layer) ----------------
+
+    def send(self, cid: int, data: bytes, binary: bool = False) -> bool:
+        return bool(self.reactor.send(cid, data, binary))
+
+    def send_many(self, cids: list[int], data: bytes, max_queued: int) -> list[int]:
+        return list(self.reactor.send_many(cids, data, max_queued))
+
+    def begin(self, cid: int) -> None:
+        self.reactor.begin(cid)
+
+    def end(self, cid: int) -> None:
+        self.reactor.end(cid)
+
+    def close(self, cid: int, code: int = 1000, reason: str = "") -> None:
+        self.reactor.close(cid, code, reason)
+
+    def peer(self, cid: int) -> tuple[str, int]:
+        return tuple(self.reactor.peer(cid))  # type: ignore[return-value]
+
+    def headers(self, cid: int) -> list[tuple[str, str]] | None:
+        return self._headers.get(cid)
+
+    def connections(self) -> list[int]:
+        return list(self.reactor.connections())
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters (monotonic) and gauges, flat, for logs and Prometheus."""
+        m: dict[str, Any] = dict(self.reactor.counters_dict())
+        for k, v in self.refused.items():
+            m[f"refused_{k}"] = v
+        p = self.pool.stats()
+        m.update(
+            connections=self.reactor.n_open,
+            pending_handshakes=self.reactor.n_pending,
+            requests_in_flight=self.reactor.inflight_total,
+            pool_bytes_in_use=p["bytes_in_use"],
+            pool_bytes_reserved=p["bytes_reserved"],
+            pool_high_water=p["high_water"],
+            pool_failed_acquires=p["failed_acquires"],
+            memory_bytes=self.memory_in_use(),
+        )
+        return m
