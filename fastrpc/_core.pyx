@@ -29,7 +29,8 @@ import socket as _socket
 
 from fastrpc.errors import InvalidBlock, PerIPLimitExceeded, PoolExhausted, ProtocolError, TableFull
 
-MAX_CLASSES_ = MAX_CLASSES
+# Python-visible copies of C constants (a cdef enum is not importable).
+globals()["MAX_CLASSES"] = <int>MAX_CLASSES
 
 
 cdef inline object _as_bytes_view(object o):

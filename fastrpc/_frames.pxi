@@ -47,8 +47,8 @@ cdef inline bint close_code_ok(uint32_t code) noexcept nogil:
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 
-def is_valid_close_code(int code):
-    return close_code_ok(code) if code >= 0 else False
+def is_valid_close_code(code):
+    return 0 <= code <= 0xFFFF and close_code_ok(code)
 
 
 cdef inline size_t _header_size(uint8_t b0, uint8_t b1) noexcept nogil:
@@ -496,7 +496,7 @@ def encode_close(code=1000, reason=b"", *, bint mask=False):
         if reason:
             raise ValueError("a close reason needs a close code")
         return build_frame(0x88, NULL, 0, mask)
-    if not close_code_ok(code):
+    if not (0 <= code <= 0xFFFF and close_code_ok(code)):
         raise ValueError(f"close code {code} may not be sent")
     body = bytes((code >> 8, code & 0xFF)) + bytes(reason)
     if len(body) > 125:
@@ -523,7 +523,7 @@ def parse_close(payload):
     if len(data) == 1:
         raise ProtocolError(1002, _REASONS[E_CLOSE_LEN])
     code = (data[0] << 8) | data[1]
-    if not close_code_ok(code):
+    if not close_code_ok(<uint32_t>code):
         raise ProtocolError(1002, _REASONS[E_CLOSE_CODE])
     try:
         return (code, data[2:].decode("utf-8"))
