@@ -182,9 +182,13 @@ class ConnTable:
     keyed by their 16-byte form) with a cap check on ``add``.
     """
 
-    def __init__(self, capacity: int, max_per_ip: int = 256) -> None: ...
+    def __init__(self, capacity: int, max_per_ip: int = 256, pool: BufferPool | None = None) -> None:
+        """``pool``: where slots borrow blocks (a default pool when None). Slots are
+        calloc'd: pages of slots never used cost no RSS."""
     @property
     def capacity(self) -> int: ...
+    @property
+    def pool(self) -> BufferPool: ...
     @property
     def max_per_ip(self) -> int: ...
     def __len__(self) -> int:
@@ -224,3 +228,99 @@ class ConnTable:
         that check. Reads 4-byte timestamps only; cheap enough for every second over
         100,000 slots.
         """
+
+COUNTER_NAMES: Final[tuple[str, ...]]
+
+class Reactor:
+    """The socket-owning I/O driver: the connection table owns every client socket as
+    a descriptor in its slot and in one epoll set, registered once with the running
+    loop. Python sees whole messages and connection events; nothing is allocated per
+    connection beyond its slot.
+
+    Callbacks (attributes; exceptions are caught, logged, and close the connection
+    concerned with 1011 or answer 500):
+
+    * ``on_handshake(cid, head, ip, port) -> (response, upgrade)``: the complete
+      request head (bytes up to the blank line). ``upgrade=True``: write ``response``
+      (a 101) and switch to frames; otherwise write it, half-close, and drop.
+    * ``on_text(cid, payload) -> bytes | None`` and ``on_binary``: one whole message;
+      a returned value goes back as one message of the same type.
+    * ``on_close(cid, code)``: an upgraded connection ended (code received, or 1006).
+    * ``on_accept_paused()``: accept hit EMFILE/ENFILE; call ``resume_accept()`` later.
+    """
+
+    on_handshake: object
+    on_text: object
+    on_binary: object
+    on_close: object
+    on_accept_paused: object
+    max_open: int
+    max_pending: int
+    max_handshake_size: int
+    max_inflight: int
+    write_high_water: int
+    max_pending_output: int
+    @property
+    def table(self) -> ConnTable: ...
+    @property
+    def pool(self) -> BufferPool: ...
+    @property
+    def n_open(self) -> int: ...
+    @property
+    def n_pending(self) -> int: ...
+    @property
+    def inflight_total(self) -> int: ...
+    def __init__(
+        self,
+        pool: BufferPool,
+        max_open: int,
+        max_pending: int,
+        max_per_ip: int = 256,
+        *,
+        max_message_size: int = ...,
+        max_fragments: int = ...,
+        max_handshake_size: int = 8192,
+        max_inflight: int = 64,
+        write_high_water: int = 65536,
+        max_pending_output: int = 4194304,
+    ) -> None: ...
+    def fileno(self) -> int:
+        """The epoll descriptor."""
+    def attach(self, loop: object) -> None:
+        """``loop.add_reader(epfd, ...)``: the only registration, for all connections."""
+    def detach(self) -> None: ...
+    def add_listener(self, fd: int) -> None: ...
+    def pause_accept(self) -> None: ...
+    def resume_accept(self) -> None: ...
+    def remove_listeners(self) -> None: ...
+    def admission(self, cid: int) -> int:
+        """0 admitted, 1 max_open reached, 2 the peer address is at its cap."""
+    def send(self, cid: int, data: Buffer, binary: bool = False) -> bool:
+        """Queue one message; written at the end of the batch or on the next loop
+        turn. False when the id is stale or the connection is closing."""
+    def send_many(self, cids: list[int], data: Buffer, max_queued: int, binary: bool = False) -> list[int]:
+        """One frame encoding, written to each id; returns the ids skipped (gone,
+        closing, or pending output would pass ``max_queued``)."""
+    def begin(self, cid: int) -> None:
+        """A request of ``cid`` is in flight; at max_inflight its reading pauses."""
+    def end(self, cid: int) -> None: ...
+    def close(self, cid: int, code: int = 1000, reason: str | bytes = b"") -> bool:
+        """Start the closing handshake (the peer's close frame, or close_timeout, ends it)."""
+    def abort(self, cid: int) -> bool: ...
+    def peer(self, cid: int) -> tuple[str, int]: ...
+    def pending_output(self, cid: int) -> int: ...
+    def connections(self) -> list[int]: ...
+    def sweep(
+        self,
+        handshake_timeout_ms: int = 0,
+        idle_timeout_ms: int = 0,
+        ping_interval_ms: int = 0,
+        pong_timeout_ms: int = 0,
+        close_timeout_ms: int = 5000,
+        now: int | None = None,
+    ) -> None:
+        """One pass over the table replacing every per-connection timer."""
+    def close_all(self, code: int = 1001, reason: str | bytes = ...) -> None: ...
+    def abort_all(self) -> None: ...
+    def counters_dict(self) -> dict[str, int]: ...
+    def __len__(self) -> int: ...
