@@ -98,19 +98,29 @@ cdef uint32_t utf8_step(uint32_t state, const uint8_t* p, size_t n) noexcept nog
 
 
 def validate_utf8(data):
-    cdef const uint8_t[::1] v = _as_bytes_view(data)
-    if v.shape[0] == 0:
-        return True
-    return utf8_step(UTF8_ACCEPT, &v[0], v.shape[0]) == UTF8_ACCEPT
+    cdef Py_buffer buf
+    PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+    try:
+        return buf.len == 0 or utf8_step(UTF8_ACCEPT, <const uint8_t*>buf.buf, buf.len) == UTF8_ACCEPT
+    finally:
+        PyBuffer_Release(&buf)
 
 
 def apply_mask(data, mask):
-    cdef const uint8_t[::1] v = _as_bytes_view(data)
-    cdef const uint8_t[::1] m = _as_bytes_view(mask)
-    cdef Py_ssize_t n = v.shape[0]
-    if m.shape[0] != 4:
-        raise ValueError("mask must be 4 bytes")
-    out = PyBytes_FromStringAndSize(NULL, n)
-    if n:
-        mask_copy(<uint8_t*>PyBytes_AS_STRING(out), &v[0], n, &m[0], 0)
-    return out
+    cdef Py_buffer buf, key
+    cdef bytes out
+    PyObject_GetBuffer(mask, &key, PyBUF_SIMPLE)
+    try:
+        if key.len != 4:
+            raise ValueError("mask must be 4 bytes")
+        PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+        try:
+            out = PyBytes_FromStringAndSize(NULL, buf.len)
+            if buf.len:
+                mask_copy(<uint8_t*>PyBytes_AS_STRING(out), <const uint8_t*>buf.buf, buf.len,
+                          <const uint8_t*>key.buf, 0)
+            return out
+        finally:
+            PyBuffer_Release(&buf)
+    finally:
+        PyBuffer_Release(&key)

@@ -33,10 +33,6 @@ from fastrpc.errors import InvalidBlock, PerIPLimitExceeded, PoolExhausted, Prot
 globals()["MAX_CLASSES"] = <int>MAX_CLASSES
 
 
-cdef inline object _as_bytes_view(object o):
-    return o
-
-
 include "_bytes.pxi"
 include "_pool.pxi"
 include "_frames.pxi"

@@ -203,8 +203,7 @@ cdef class Reactor:
                   uint32_t max_inflight=64, uint32_t write_high_water=65536,
                   uint32_t max_pending_output=4 * 1024 * 1024):
         self.epfd = -1
-        if max_message_size > pool.classes[pool.n_classes - 1].block_size:
-            raise ValueError("max_message_size is over the pool's largest block")
+        check_pool(pool, max_message_size)
         if max_handshake_size > pool.classes[pool.n_classes - 1].block_size:
             raise ValueError("max_handshake_size is over the pool's largest block")
         init_config(&self.cfg, False, max_message_size, max_fragments)

@@ -357,14 +357,22 @@ cdef void init_config(ParserConfig* cfg, bint client, size_t max_message_size,
     cfg.max_fragments = <uint32_t>max_fragments
 
 
+cdef int check_pool(BufferPool pool, size_t max_message_size) except -1:
+    cdef uint32_t largest = pool.classes[pool.n_classes - 1].block_size
+    if max_message_size > largest:
+        raise ValueError("max_message_size is over the pool's largest block")
+    if largest < 125:
+        raise ValueError("the pool's largest block must hold a control frame (125 bytes)")
+    return 0
+
+
 cdef class FrameParser:
     def __cinit__(self, BufferPool pool not None, *, bint client=False,
                   size_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
                   size_t max_fragments=DEFAULT_MAX_FRAGMENTS):
         memset(&self.st, 0, sizeof(FrameState))
         init_config(&self.cfg, client, max_message_size, max_fragments)
-        if max_message_size > pool.classes[pool.n_classes - 1].block_size:
-            raise ValueError("max_message_size is over the pool's largest block")
+        check_pool(pool, max_message_size)
         self.pool = pool
 
     def __dealloc__(self):

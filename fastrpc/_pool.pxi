@@ -222,12 +222,15 @@ cdef class BufferPool:
 
     def write(self, handle, Py_ssize_t offset, data):
         cdef uint32_t h = self._live(handle)
-        cdef const uint8_t[::1] view = _as_bytes_view(data)
-        cdef Py_ssize_t n = view.shape[0]
-        if offset < 0 or offset + n > self.capacity_of(h):
-            raise IndexError("write outside the block")
-        if n:
-            memcpy(self.ptr(h) + offset, &view[0], n)
+        cdef Py_buffer buf
+        PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+        try:
+            if offset < 0 or offset + buf.len > self.capacity_of(h):
+                raise IndexError("write outside the block")
+            if buf.len:
+                memcpy(self.ptr(h) + offset, buf.buf, buf.len)
+        finally:
+            PyBuffer_Release(&buf)
 
     def read(self, handle, Py_ssize_t offset, Py_ssize_t size):
         cdef uint32_t h = self._live(handle)

@@ -233,6 +233,8 @@ cdef class ConnTable:
 
     def add(self, int fd, ip, int port=0, now=None):
         cdef bytes a = _addr16(ip)
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} is outside 0..65535")
         cdef int64_t idx = self.add_c(fd, <const uint8_t*>PyBytes_AS_STRING(a), port,
                                       monotonic_ms_c() if now is None else <uint32_t>now, True)
         if idx == -1:
