@@ -61,11 +61,36 @@ class PerIPLimitExceeded(FastRPCError):
 
 
 # --- JSON-RPC 2.0 error codes ----------------------------------------------------------
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
+# Defined by the specification (jsonrpc.org/specification §5.1).
+PARSE_ERROR = -32700  # not JSON (id null)
+INVALID_REQUEST = -32600  # not a Request object; also an empty or too long batch
+METHOD_NOT_FOUND = -32601  # unknown method, or its namespace is not exposed
+INVALID_PARAMS = -32602  # missing, extra or mistyped arguments; the message names which
+INTERNAL_ERROR = -32603  # a handler raised something other than RPCError (logged only)
+
+# fastrpc's own server errors, in the range the specification reserves for
+# implementation-defined server errors (-32000 to -32099). Fixed codes and messages.
+REQUEST_TIMEOUT = -32001  # the call ran past its timeout (Limits.request_timeout or the service's)
+SERVICE_UNAVAILABLE = -32002  # the namespace's circuit breaker is open: failing fast
+SERVICE_BUSY = -32003  # the namespace's bulkhead is full (max_concurrency calls running)
+SUBSCRIBER_TOO_SLOW = -32004  # subscription dropped: the subscriber's queue passed its cap
+TOO_MANY_SUBSCRIPTIONS = -32005  # the connection holds Limits.max_subscriptions already
+RESPONSE_TOO_LARGE = -32006  # this call's reply would take the batch answer past its cap
+
+#: The fixed message sent with each code (handlers' own RPCErrors carry their own).
+MESSAGES: dict[int, str] = {
+    PARSE_ERROR: "Parse error",
+    INVALID_REQUEST: "Invalid Request",
+    METHOD_NOT_FOUND: "Method not found",
+    INVALID_PARAMS: "Invalid params",
+    INTERNAL_ERROR: "Internal error",
+    REQUEST_TIMEOUT: "request timed out",
+    SERVICE_UNAVAILABLE: "service unavailable",
+    SERVICE_BUSY: "service busy",
+    SUBSCRIBER_TOO_SLOW: "subscriber too slow",
+    TOO_MANY_SUBSCRIPTIONS: "too many subscriptions",
+    RESPONSE_TOO_LARGE: "response too large",
+}
 
 
 class RPCError(FastRPCError):
@@ -76,3 +101,11 @@ class RPCError(FastRPCError):
         self.code = code
         self.message = message
         self.data = data
+
+
+class InvalidParams(RPCError):
+    """-32602: the arguments do not fit the method. Raised by the parameter binder (the
+    message names the argument and the problem) and available to handlers."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(INVALID_PARAMS, message, data)

@@ -18,8 +18,19 @@ Low-level use (what ``examples/echo_server.py`` does)::
 
 ``on_text`` / ``on_binary`` get every whole message as ``bytes`` and may return a
 reply (``bytes``) or ``None``; they run on the loop and must not block. Replies from
-later (async work) go through ``server.send(cid, data)``. The JSON-RPC layer
-(``fastrpc.rpc``) is such a handler.
+later (async work) go through ``server.send(cid, data)``.
+
+Without a handler the server speaks JSON-RPC 2.0 (``fastrpc.dispatch.Dispatcher``)::
+
+    server = Server()
+
+    @server.method("eth_blockNumber")
+    def block_number() -> str:
+        return "0x10d4f"
+
+    server.register("chain", ChainService())      # chain_<public method>
+    server.topic("chain", "newHeads")             # chain_subscribe("newHeads")
+    server.publish("chain_newHeads", head)         # from anywhere in the process
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ import logging
 import os
 import resource
 import socket
+from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from . import _core
@@ -65,6 +77,10 @@ class Server:
     synchronous (it runs on the loop: keep it fast, cache what needs I/O).
     ``keep_headers``: keep each connection's request headers for ``headers(cid)``
     (costs memory per connection; off by default).
+    ``namespaces`` (JSON-RPC mode): the namespaces exposed; None exposes all.
+    ``on_slow`` (JSON-RPC mode): a subscriber over ``max_subscriber_queue`` gets a
+    -32004 error notification and loses the subscription (``"notify"``) or is closed
+    with 1008 (``"close"``).
     """
 
     def __init__(
@@ -76,6 +92,8 @@ class Server:
         auth: Callable[[str, list[tuple[str, str]]], Any] | None = None,
         keep_headers: bool = False,
         subprotocols: tuple[str, ...] = (),
+        namespaces: list[str] | None = None,
+        on_slow: str = "notify",
     ) -> None:
         self.limits = limits = limits or Limits()
         self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
@@ -107,9 +125,54 @@ class Server:
         r.on_handshake = self._on_handshake
         r.on_close = self._on_close
         r.on_accept_paused = self._on_accept_paused
-        self.handler = handler
-        if handler is not None:
-            self.set_handler(handler)
+        self.dispatcher: Any = None
+        self.registry: Any = None
+        if handler is None:
+            from .dispatch import Dispatcher
+            from .service import Registry
+
+            self.registry = Registry(namespaces)
+            # The dispatcher calls straight into the compiled core: no Python layer
+            # between a reply and its frame.
+            transport = SimpleNamespace(
+                send=r.send, send_many=r.send_many, begin=r.begin, end=r.end,
+                close=r.close, peer=r.peer, headers=self.headers,
+            )
+            self.dispatcher = Dispatcher(transport, limits, registry=self.registry, on_slow=on_slow)
+            handler = self.dispatcher
+        self.handler: Any = None
+        self.set_handler(handler)
+
+    # --- JSON-RPC mode ---------------------------------------------------------------
+
+    def _rpc(self) -> Any:
+        if self.registry is None:
+            raise RuntimeError("this server has its own message handler, not JSON-RPC")
+        return self.registry
+
+    def method(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: serve a function as method ``name`` (default: its own name)."""
+        return self._rpc().method(name)  # type: ignore[no-any-return]
+
+    def register(self, namespace: str, obj: object, **settings: Any) -> Any:
+        """Serve ``obj``'s public methods as ``<namespace>_<name>``; ``settings`` are the
+        namespace's bulkhead (threaded, timeout, max_concurrency, failure_threshold,
+        cooldown, half_open_probes)."""
+        return self._rpc().register(namespace, obj, **settings)
+
+    def service(self, namespace: str, **settings: Any) -> Any:
+        """Configure a namespace's bulkhead before (or without) registering an object."""
+        return self._rpc().service(namespace, **settings)
+
+    def topic(self, namespace: str, name: str, **kw: Any) -> Any:
+        """Declare a subscription topic: clients call ``<namespace>_subscribe(name)``."""
+        return self._rpc().topic(namespace, name, **kw)
+
+    def publish(self, topic: Any, payload: Any, key: Any = None) -> int:
+        """Send ``payload`` to every subscriber of ``topic``, encoded once; never waits.
+        Returns the subscribers written to."""
+        self._rpc()
+        return int(self.dispatcher.publish(topic, payload, key))
 
     def set_handler(self, handler: MessageHandler) -> None:
         self.handler = handler
@@ -187,6 +250,9 @@ class Server:
             self._reaper = None
         r.detach()
         self._headers.clear()
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()  # calls still running past the drain: cancelled
+            self.registry.close()
         self.pool.trim()
         self._started = False
 
