@@ -549,20 +549,20 @@ cdef class Reactor:
                 self.counters[C_MESSAGES_IN] += 1
                 try:
                     reply = (self.on_text if op == 1 else self.on_binary)(cid, payload)
+                    s = self.table.get(cid)
+                    if s == NULL:
+                        return -1
+                    if reply is not None:
+                        self._send_frame(s, cid, op, reply)  # raises for a non-buffer reply
+                        s = self.table.get(cid)
+                        if s == NULL:
+                            return -1
                 except BaseException:
                     _log_exception("message handler")
                     s = self.table.get(cid)
                     if s != NULL:
                         self._close_c(s, cid, 1011, b"internal error", C_CLOSED_HANDLER_ERROR)
                     return -1
-                s = self.table.get(cid)
-                if s == NULL:
-                    return -1
-                if reply is not None:
-                    self._send_frame(s, cid, op, reply)
-                    s = self.table.get(cid)
-                    if s == NULL:
-                        return -1
             elif op == 9:
                 if not (s.flags & SF_CLOSE_SENT):
                     self._send_frame(s, cid, 0xA, payload)
