@@ -225,7 +225,8 @@ class ConnTable:
         idle: no whole message for ``idle_timeout_ms``; ping_due: nothing received for
         ``ping_interval_ms`` and no ping outstanding (the scan marks the ping as sent);
         dead: a ping outstanding for ``pong_timeout_ms``. A timeout of 0 disables
-        that check. Reads 4-byte timestamps only; cheap enough for every second over
+        that check. A connection is in at most one list, checked in that order
+        (idle before dead before ping_due). Reads 4-byte timestamps only; cheap enough for every second over
         100,000 slots.
         """
 

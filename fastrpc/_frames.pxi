@@ -173,6 +173,8 @@ cdef int _check_close(FrameState* st, BufferPool pool, const uint8_t* p, size_t 
         if n > 2 and utf8_step(UTF8_ACCEPT, p + 2, n - 2) != UTF8_ACCEPT:
             return _fail(st, pool, 1007, E_UTF8)
     st.flags |= FS_CLOSED
+    # The connection is ending: a fragmented message left open will never complete.
+    release_parser_blocks(st, pool)
     return 0
 
 

@@ -85,6 +85,10 @@ class Limits:
                 f"max_message_size ({self.max_message_size}) exceeds the largest pool "
                 f"block ({max(self.pool_size_classes)}): add a larger size class"
             )
+        if max(self.pool_size_classes) < 125:
+            raise ValueError("the largest pool block must hold a control frame (125 bytes)")
+        if self.max_handshake_size > max(self.pool_size_classes):
+            raise ValueError("max_handshake_size exceeds the largest pool block")
         if self.max_message_size >= 2**31:
             raise ValueError("max_message_size must be below 2 GiB")
         for name in ("idle_timeout", "ping_interval", "pong_timeout", "handshake_timeout"):
