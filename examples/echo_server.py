@@ -30,6 +30,9 @@ async def main(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_per_ip or args.max_connections,
         max_message_size=size,
+        # Autobahn group 9 sends 4 MiB in 64-byte fragments and echoes 16 MiB at once.
+        max_fragments=max(65_536, size // 64),
+        max_pending_output=max(4 * 1024 * 1024, 2 * size + 14),
         pool_size_classes=classes,
         memory_limit=max(256 * 1024 * 1024, 8 * classes[-1]),
     )

@@ -31,8 +31,8 @@ cdef struct FrameState:
     uint8_t ctl_len           # bytes of a partial control payload in ctl_block (<= 125)
     uint8_t error_reason      # index into the reason table once FS_FAILED
     uint8_t pad0
-    uint16_t fragments        # data frames of the open message parsed so far
     uint16_t error_code       # close code to send once FS_FAILED (1002, 1007, 1009, 1013)
+    uint32_t fragments        # data frames of the open message parsed so far
     uint8_t mask_key[4]       # mask of the current frame
     uint32_t remaining        # payload bytes of the current frame not yet seen
     uint32_t utf8_state       # incremental UTF-8 state of the open text message (0 = accept)
@@ -54,6 +54,7 @@ cdef struct PoolClass:
     uint32_t n_arenas          # arena slots ever used (arenas[i] may be NULL after trim)
     uint32_t free_head         # handle of the first free block; 0 = free list empty
     uint32_t in_use            # blocks handed out
+    size_t reserved            # bytes of arenas this class holds now
     char** arenas              # max_arenas pointers; each arena ends with one state byte per block
     uint16_t* arena_used       # blocks in use per arena (trim frees arenas at 0)
 
@@ -65,6 +66,7 @@ cdef class BufferPool:
     cdef readonly size_t bytes_in_use     # block bytes handed out now
     cdef readonly size_t high_water       # max bytes_in_use seen
     cdef readonly uint64_t failed_acquires
+    cdef readonly size_t reserve          # bytes only the smallest class may reserve
     cdef uint32_t acquire_c(self, size_t size) noexcept
     cdef int release_c(self, uint32_t handle) noexcept
     cdef char* ptr(self, uint32_t handle) noexcept

@@ -194,6 +194,10 @@ cdef class Reactor:
     cdef public object on_binary
     cdef public object on_close
     cdef public object on_accept_paused
+    # HTTP answers the core writes itself (the server sets them from handshake.py):
+    cdef public bytes http_431   # request head over max_handshake_size
+    cdef public bytes http_503   # admission lost a race between Python's check and the upgrade
+    cdef public bytes http_500   # on_handshake raised
     cdef object loop
     cdef object _flush_cb
 
@@ -223,6 +227,9 @@ cdef class Reactor:
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
         self._flush_cb = self._scheduled_flush
+        self.http_431 = _HTTP_431
+        self.http_503 = _HTTP_503
+        self.http_500 = _HTTP_500
 
     def __dealloc__(self):
         free(self.scratch)
@@ -417,7 +424,7 @@ cdef class Reactor:
         if old + n > self.max_handshake_size:
             # Never buffer past the limit: answer 431 from the bytes we have.
             self.counters[C_HANDSHAKE_TOO_LARGE] += 1
-            self._refuse(s, cid, _HTTP_431)
+            self._refuse(s, cid, self.http_431)
             return -1
         nh = self.pool.grow_c(s.in_block, s.in_len, old + n)
         if nh == 0:
@@ -458,9 +465,10 @@ cdef class Reactor:
             # Admission is decided by Python before it answers 101 (admission()), so
             # the per-IP count cannot be over the cap here; check anyway.
             if self.table.ip_admit(s) < 0 or self.n_open >= self.max_open:
-                self._refuse(s, cid, _HTTP_503)
+                self._refuse(s, cid, self.http_503)
                 return -1
-            self._queue(s, cid, <const uint8_t*>PyBytes_AS_STRING(response), len(response))
+            if self._queue(s, cid, <const uint8_t*>PyBytes_AS_STRING(response), len(response)) < 0:
+                return -1
             s.state = SLOT_OPEN
             self.n_pending -= 1
             self.n_open += 1
@@ -479,7 +487,7 @@ cdef class Reactor:
             _log_exception("on_handshake")
             s = self.table.get(cid)
             if s != NULL:
-                self._refuse(s, cid, _HTTP_500)
+                self._refuse(s, cid, self.http_500)
             return -1
 
     def admission(self, cid):
@@ -578,26 +586,25 @@ cdef class Reactor:
 
     cdef void _peer_closed(self, Slot* s, uint64_t cid, bytes payload) noexcept:
         cdef int code = 1005
+        cdef int counter = -1   # a close we started was counted when we started it
         cdef uint8_t reply[2]
         if len(payload) >= 2:
             code = (payload[0] << 8) | payload[1]
         s.flags |= SF_CLOSE_RECV
         if not (s.flags & SF_CLOSE_SENT):
             # Echo the code (RFC 6455 §5.5.1), then the server closes TCP first.
-            s.flags |= SF_CLOSE_SENT
-            if code == 1005:
-                self._queue_frame(s, 0x88, NULL, 0)
-            else:
-                reply[0] = <uint8_t>(code >> 8)
-                reply[1] = <uint8_t>code
-                self._queue_frame(s, 0x88, reply, 2)
-        self._finish(s, cid, code, C_CLOSED_PEER)
+            counter = C_CLOSED_PEER
+            reply[0] = <uint8_t>(code >> 8)
+            reply[1] = <uint8_t>code
+            if self._close_frame(s, cid, reply, 0 if code == 1005 else 2) < 0:
+                return
+        self._finish(s, cid, code, counter)
 
     cdef void _fail_conn(self, Slot* s, uint64_t cid, int code, int reason, int counter) noexcept:
         """Fail the connection (RFC 6455 §7.1.7): close frame with `code`, then drop."""
-        cdef bytes r = _REASONS[reason].encode()
         if not (s.flags & SF_CLOSE_SENT):
-            self._close_frame(s, code, r)
+            if self._close_frame_reason(s, cid, code, _REASONS[reason].encode()) < 0:
+                return
         self._finish(s, cid, code, counter)
 
     cdef void _finish(self, Slot* s, uint64_t cid, int code, int counter) noexcept:
@@ -605,7 +612,8 @@ cdef class Reactor:
         s.flags |= SF_DROP_AFTER_WRITE
         s.state = SLOT_CLOSING
         s.ping_sent = monotonic_ms_c()
-        self.counters[counter] += 1
+        if counter >= 0:
+            self.counters[counter] += 1
         s.close_code = <uint16_t>code
         self._update_interest(s, cid)
         if s.out_bytes == 0:
@@ -613,23 +621,48 @@ cdef class Reactor:
         else:
             self._mark_dirty(s)
 
-    cdef void _close_frame(self, Slot* s, int code, bytes reason) noexcept:
+    cdef int _close_frame_reason(self, Slot* s, uint64_t cid, int code, bytes reason) noexcept:
         cdef uint8_t body[125]
         cdef size_t n = 2 + min(len(reason), 123)
         body[0] = <uint8_t>(code >> 8)
         body[1] = <uint8_t>code
         memcpy(body + 2, PyBytes_AS_STRING(reason), n - 2)
+        return self._close_frame(s, cid, body, n)
+
+    cdef int _close_frame(self, Slot* s, uint64_t cid, const uint8_t* body, size_t n) noexcept:
+        """Send a close frame. With nothing else waiting it goes straight from the
+        stack, so a close (1013 above all) needs no pooled block even at the ceiling.
+        Returns -1 when the connection was dropped instead (the slot is gone)."""
+        cdef uint8_t frame[MAX_HEADER + 125]
+        cdef size_t hl
+        cdef ssize_t sent
         s.flags |= SF_CLOSE_SENT
-        self._queue_frame(s, 0x88, body, n)
+        if s.out_head == 0:
+            hl = write_header(frame, 0x88, n, NULL)
+            memcpy(frame + hl, body, n)
+            sent = send(s.fd, frame, hl + n, MSG_NOSIGNAL)
+            if sent == <ssize_t>(hl + n):
+                s.bytes_out += sent
+                self.counters[C_BYTES_OUT] += sent
+                return 0
+            if sent > 0:
+                s.bytes_out += sent
+                self.counters[C_BYTES_OUT] += sent
+                return self._queue(s, cid, frame + sent, hl + n - sent)
+            if sent < 0 and errno != EAGAIN and errno != EINTR:
+                self._drop(s, cid, 1006, C_CLOSED_EOF)
+                return -1
+        return self._queue_frame(s, 0x88, body, n)
 
     cdef void _close_c(self, Slot* s, uint64_t cid, int code, bytes reason, int counter) noexcept:
         """Start the closing handshake: send close, wait (close_timeout) for the peer's."""
         if s.state != SLOT_OPEN or (s.flags & SF_CLOSE_SENT):
             return
-        self._close_frame(s, code, reason)
+        self.counters[counter] += 1
+        if self._close_frame_reason(s, cid, code, reason) < 0:
+            return
         s.state = SLOT_CLOSING
         s.ping_sent = monotonic_ms_c()
-        self.counters[counter] += 1
 
     cdef void _drop(self, Slot* s, uint64_t cid, int code, int counter) noexcept:
         """End the connection now: free its slot and blocks, close the socket, tell Python."""
@@ -686,8 +719,15 @@ cdef class Reactor:
                 s.out_head = h
             s.out_tail = h
         if s.out_bytes > self.max_pending_output:
-            self._drop(s, cid, 1006, C_CLOSED_SLOW_READER)
-            return -1
+            # Over the cap: let the socket take what it will before judging the peer
+            # (one callback may queue a lot for a fast reader within one batch).
+            self._flush(s, cid, False)
+            s = self.table.get(cid)
+            if s == NULL:
+                return -1
+            if s.out_bytes > self.max_pending_output:
+                self._drop(s, cid, 1006, C_CLOSED_SLOW_READER)
+                return -1
         self._mark_dirty(s)
         return 0
 
@@ -753,8 +793,9 @@ cdef class Reactor:
             self._flush(s, _cid(self.table, s))
         self.n_dirty = 0
 
-    cdef void _flush(self, Slot* s, uint64_t cid) noexcept:
-        """Write the out chain until it is empty or the socket would block."""
+    cdef void _flush(self, Slot* s, uint64_t cid, bint resume=True) noexcept:
+        """Write the out chain until it is empty or the socket would block. With
+        `resume`, a connection paused for its output is read again once drained."""
         cdef uint32_t h, nxt, start, end
         cdef uint8_t* b
         cdef ssize_t sent
@@ -795,7 +836,11 @@ cdef class Reactor:
             self._drop(s, cid, s.close_code if s.close_code else 1006, -1)
             return
         s.flags &= ~SF_WANT_OUT
-        self._maybe_resume(s, cid)
+        if resume:
+            self._maybe_resume(s, cid)
+            s = self.table.get(cid)
+            if s == NULL:
+                return
         self._update_interest(s, cid)
 
     # --- interest and pausing -------------------------------------------------------

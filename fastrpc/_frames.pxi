@@ -352,8 +352,8 @@ cdef void init_config(ParserConfig* cfg, bint client, size_t max_message_size,
                       size_t max_fragments) except *:
     if max_message_size < 1 or max_message_size >= 2**31:
         raise ValueError("max_message_size must be between 1 byte and 2 GiB")
-    if max_fragments < 1 or max_fragments > 65535:
-        raise ValueError("max_fragments must be between 1 and 65535")
+    if max_fragments < 1 or max_fragments > 0xFFFFFFFF:
+        raise ValueError("max_fragments must be between 1 and 2**32 - 1")
     cfg.client = client
     cfg.max_message_size = <uint32_t>max_message_size
     cfg.max_fragments = <uint32_t>max_fragments

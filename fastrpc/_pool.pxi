@@ -60,11 +60,18 @@ cdef class BufferPool:
             self.classes[i].n_arenas = 0
             self.classes[i].free_head = 0
             self.classes[i].in_use = 0
+            self.classes[i].reserved = 0
             self.classes[i].arenas = <char**>calloc(max_arenas, sizeof(char*))
             self.classes[i].arena_used = <uint16_t*>calloc(max_arenas, sizeof(uint16_t))
             self.n_classes = i + 1
             if self.classes[i].arenas == NULL or self.classes[i].arena_used == NULL:
                 raise MemoryError()
+        # What larger classes leave to the smallest: one of its arenas, unless that
+        # would keep the largest class from ever reserving one.
+        largest_arena = max(self.classes[i].arena_bytes for i in range(1, self.n_classes)) \
+            if self.n_classes > 1 else limit
+        self.reserve = min(self.classes[0].arena_bytes, max(0, <Py_ssize_t>limit - <Py_ssize_t>largest_arena)) \
+            if self.n_classes > 1 else 0
 
     def __dealloc__(self):
         cdef int i
@@ -84,7 +91,12 @@ cdef class BufferPool:
         cdef PoolClass* c = &self.classes[cls]
         cdef uint32_t a, b, h
         cdef char* mem
-        if self.bytes_reserved + c.arena_bytes > self.limit:
+        cdef size_t keep = 0
+        # Larger classes leave room for one arena of the smallest class, so control
+        # frames, frame headers and handshake heads never starve behind large messages.
+        if cls != 0 and self.classes[0].reserved < self.reserve:
+            keep = self.reserve - self.classes[0].reserved
+        if self.bytes_reserved + c.arena_bytes + keep > self.limit:
             return -1
         # Reuse a slot freed by trim() before extending: bounded by max_arenas, and paid
         # only once per blocks_per_arena acquires.
@@ -101,6 +113,7 @@ cdef class BufferPool:
         memset(mem + c.arena_bytes, BLOCK_FREE, c.blocks_per_arena)
         c.arenas[a] = mem
         c.arena_used[a] = 0
+        c.reserved += c.arena_bytes
         self.bytes_reserved += c.arena_bytes
         # Thread the blocks so the lowest address is handed out first.
         b = c.blocks_per_arena
@@ -249,6 +262,7 @@ cdef class BufferPool:
                 if c.arenas[a] != NULL and c.arena_used[a] == 0:
                     free(c.arenas[a])
                     c.arenas[a] = NULL
+                    c.reserved -= c.arena_bytes
                     freed += c.arena_bytes
             # Rebuild the free list from the arenas that remain.
             c.free_head = 0

@@ -17,7 +17,7 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_NO_STATUS = 1005  # never sent: "close frame had no code"
 CLOSE_ABNORMAL = 1006  # never sent: "connection dropped without a close frame"
 CLOSE_INVALID_PAYLOAD = 1007  # text message or close reason that is not UTF-8
-CLOSE_POLICY_VIOLATION = 1008  # subscriber over its queue cap, pong timeout
+CLOSE_POLICY_VIOLATION = 1008  # subscriber over its queue cap (with on_slow="close")
 CLOSE_MESSAGE_TOO_BIG = 1009  # message over max_message_size, or too many fragments
 CLOSE_MANDATORY_EXTENSION = 1010
 CLOSE_INTERNAL_ERROR = 1011

@@ -89,6 +89,8 @@ class Limits:
             raise ValueError("the largest pool block must hold a control frame (125 bytes)")
         if self.max_handshake_size > max(self.pool_size_classes):
             raise ValueError("max_handshake_size exceeds the largest pool block")
+        if self.max_pending_output < self.max_message_size + 14:
+            raise ValueError("max_pending_output must hold one whole message and its frame header")
         if self.max_message_size >= 2**31:
             raise ValueError("max_message_size must be below 2 GiB")
         for name in ("idle_timeout", "ping_interval", "pong_timeout", "handshake_timeout"):

@@ -43,7 +43,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from . import _core
-from .handshake import HandshakePolicy, handle_request
+from .handshake import HandshakePolicy, handle_request, reject, too_large
 from .limits import Limits
 
 log = logging.getLogger("fastrpc.server")
@@ -122,6 +122,9 @@ class Server:
         self._started = False
         self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0}
         r = self.reactor
+        r.http_431 = too_large()
+        r.http_503 = reject(503, "too many connections", [("Retry-After", str(limits.retry_after))])
+        r.http_500 = reject(500, "internal server error")
         r.on_handshake = self._on_handshake
         r.on_close = self._on_close
         r.on_accept_paused = self._on_accept_paused
@@ -225,10 +228,22 @@ class Server:
     def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(self._sockets)
 
+    def begin_drain(self) -> None:
+        """Keep listening but answer every new upgrade with 503 and ``/health`` with
+        503, so a load balancer in front (nginx, HAProxy) takes this node out before
+        ``stop()``; connections already open carry on."""
+        self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (up to drain_timeout), close
         every connection with 1001 (waiting up to close_timeout for the peers' close
-        frames), then drop what is left. Returns with the table empty."""
+        frames), then drop what is left. Returns with the table empty. Call
+        ``begin_drain()`` first, some health-check intervals earlier, to let a load
+        balancer see ``/health`` 503 before the port closes."""
         if not self._started:
             return
         self._draining = True
@@ -385,8 +400,9 @@ class Server:
     def end(self, cid: int) -> None:
         self.reactor.end(cid)
 
-    def close(self, cid: int, code: int = 1000, reason: str = "") -> None:
-        self.reactor.close(cid, code, reason)
+    def close(self, cid: int, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake; False when ``cid`` is stale or already closing."""
+        return bool(self.reactor.close(cid, code, reason))
 
     def peer(self, cid: int) -> tuple[str, int]:
         return tuple(self.reactor.peer(cid))  # type: ignore[return-value]

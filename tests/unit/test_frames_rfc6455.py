@@ -598,8 +598,8 @@ class TestSection5_5_1Close:
     def test_encode_close_defaults_and_empty(self):
         assert encode_close() == b"\x88\x02\x03\xe8"
         assert encode_close(None) == b"\x88\x00"
-        _, key, payload = split_key(encode_close(None, mask=True))
-        assert payload == b""
+        header_len, key, payload = split_key(encode_close(None, mask=True))
+        assert (header_len, len(key), payload) == (6, 4, b"")
 
     def test_encode_close_refuses_a_reason_over_123_bytes(self):
         with pytest.raises(ValueError):

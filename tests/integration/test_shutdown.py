@@ -1,0 +1,152 @@
+"""Graceful stop: requests in flight are answered before the 1001 close; sockets that
+reach the HTTP phase during the drain get 503; stop() returns with the table empty,
+also when requests never finish (drain_timeout) or peers never answer (close_timeout)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from helpers import Echo, wait_until, ws_url
+from rawclient import OP_CLOSE, RawWS, http_request, open_socket, parse_http_head, read_until_eof, upgrade_request
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+
+class Slow(Echo):
+    """``slow*`` requests begin, and finish later through loop.call_later +
+    server.send + server.end once the test sets ``release`` (polled every 20 ms)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.srv = None
+        self.release = False
+        self.answered: list[bytes] = []
+
+    def on_text(self, cid: int, data: bytes) -> bytes | None:
+        if data.startswith(b"slow"):
+            self.srv.begin(cid)
+            asyncio.get_running_loop().call_later(0.02, self._finish, cid, data, 500)
+            return None
+        return data
+
+    def _finish(self, cid: int, data: bytes, tries: int) -> None:
+        if not self.release and tries > 0:
+            asyncio.get_running_loop().call_later(0.02, self._finish, cid, data, tries - 1)
+            return
+        self.answered.append(data)
+        self.srv.send(cid, b"done:" + data)
+        self.srv.end(cid)
+
+
+def test_graceful_stop_answers_in_flight_then_1001(run, server):
+    async def body():
+        handler = Slow()
+        srv = await server(handler, drain_timeout=20, close_timeout=2)
+        handler.srv = srv
+        port = srv.port
+        loop = asyncio.get_running_loop()
+        async with connect(ws_url(srv), proxy=None, ping_interval=None) as ws:
+            # Two sockets accepted before the stop; their requests come during the drain.
+            late_upgrade = await open_socket(port)
+            late_health = await open_socket(port)
+            await wait_until(lambda: srv.reactor.n_pending == 2, what="2 pending sockets")
+            await ws.send("slow-1")
+            await ws.send("slow-2")
+            await wait_until(lambda: srv.metrics()["requests_in_flight"] == 2, what="2 in flight")
+
+            stopping = asyncio.create_task(srv.stop())
+            await wait_until(lambda: srv.sockets == (), what="listener closed")
+            assert not stopping.done()
+            # Draining: no new connections.
+            with pytest.raises(ConnectionRefusedError):
+                s = await open_socket(port)
+                s.close()
+            # Requests from sockets accepted earlier are answered 503.
+            await loop.sock_sendall(late_upgrade, upgrade_request())
+            resp = parse_http_head(await read_until_eof(late_upgrade))
+            assert resp.status == 503
+            assert resp.headers["retry-after"] == "7"
+            await loop.sock_sendall(late_health, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            resp = parse_http_head(await read_until_eof(late_health))
+            assert resp.status == 503
+            assert json.loads(resp.body)["status"] == "draining"
+            late_upgrade.close()
+            late_health.close()
+            assert not stopping.done()
+            assert srv.metrics()["refused_draining"] == 1
+
+            # The requests finish: answered first, then the 1001.
+            handler.release = True
+            assert await asyncio.wait_for(ws.recv(), 5) == "done:slow-1"
+            assert await asyncio.wait_for(ws.recv(), 5) == "done:slow-2"
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+            await asyncio.wait_for(stopping, 10)
+        assert len(srv.reactor) == 0
+        assert srv.pool.bytes_in_use == 0
+        m = srv.metrics()
+        assert m["closed_by_server"] == 1
+        assert m["requests_in_flight"] == 0
+        assert handler.answered == [b"slow-1", b"slow-2"]
+        assert [c for _, c in handler.closes] == [1001]
+
+    run(body())
+
+
+def test_stop_bounded_by_drain_and_close_timeouts(run, server):
+    async def body():
+        handler = Slow()  # never released: its requests never finish
+        srv = await server(handler, drain_timeout=0.3, close_timeout=0.3)
+        handler.srv = srv
+        stuck = await RawWS.open(srv.port)
+        mute = await RawWS.open(srv.port)  # will never answer our close frame
+        polite = await RawWS.open(srv.port)
+        await stuck.send_text("slow-forever")
+        await wait_until(lambda: srv.metrics()["requests_in_flight"] == 1, what="in flight")
+
+        stopping = asyncio.create_task(srv.stop())
+        ev = await mute.recv_event(timeout=5)
+        assert ev is not None and ev[0] == OP_CLOSE
+        assert mute.close_frame[0] == 1001
+        assert (await polite.expect_close())[0] == 1001
+        await asyncio.wait_for(stopping, 10)
+        assert len(srv.reactor) == 0
+        assert srv.pool.bytes_in_use == 0
+        # The mute one was dropped after close_timeout, not waited on forever.
+        await mute.expect_eof(timeout=5)
+        await stuck.expect_eof(timeout=5)
+        for ws in (stuck, mute, polite):
+            ws.close()
+        # A second stop() is a no-op.
+        await srv.stop()
+        m = srv.metrics()
+        assert m["connections"] == 0 and m["requests_in_flight"] == 0
+
+    run(body())
+
+
+def test_stop_with_idle_clients_and_pending_handshakes(run, server):
+    async def body():
+        srv = await server()
+        port = srv.port
+        clients = [await RawWS.open(srv.port) for _ in range(5)]
+        pending = [await open_socket(srv.port) for _ in range(3)]
+        await wait_until(lambda: srv.reactor.n_pending == 3 and srv.reactor.n_open == 5,
+                         what="5 open, 3 pending")
+        stopping = asyncio.create_task(srv.stop())
+        for ws in clients:
+            assert (await ws.expect_close())[0] == 1001
+        for s in pending:
+            assert await read_until_eof(s) == b""  # dropped, no HTTP answer
+            s.close()
+        await asyncio.wait_for(stopping, 10)
+        assert len(srv.reactor) == 0
+        for ws in clients:
+            ws.close()
+        # Nothing listens any more.
+        with pytest.raises(ConnectionRefusedError):
+            await http_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    run(body())
