@@ -622,7 +622,7 @@ class Registry:
         """The namespace's Service, created if new, with bulkhead ``settings`` applied."""
         svc = self._services.get(namespace)
         if svc is None:
-            if not _NAMESPACE_RE.match(namespace):
+            if namespace and not _NAMESPACE_RE.match(namespace):
                 raise ValueError(f"namespace {namespace!r} must be letters and digits, starting with a letter")
             svc = self._services[namespace] = Service(namespace, self)
         if settings:
@@ -630,10 +630,15 @@ class Registry:
         return svc
 
     def add(self, name: str, fn: Callable[..., Any]) -> Method:
-        """Expose ``fn`` as method ``name`` (``<namespace>_<name>``)."""
+        """Expose ``fn`` as method ``name``: ``<namespace>_<name>`` (go-ethereum's
+        convention; the namespace is the bulkhead), or a bare name without ``_``, which
+        belongs to the default namespace ``""`` (an allowlist exposes it only when it
+        lists ``""``)."""
         namespace, sep, short = name.partition("_")
-        if not sep or not short:
-            raise ValueError(f"method name {name!r} must be <namespace>_<name>")
+        if not sep:
+            namespace, short = "", name
+        if not short or (sep and not namespace):
+            raise ValueError(f"method name {name!r} must be <namespace>_<name> or a bare name")
         svc = self.service(namespace)
         if name in svc.methods:
             raise ValueError(f"method {name!r} is already registered")

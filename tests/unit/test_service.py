@@ -125,10 +125,21 @@ class TestRegistration:
         with pytest.raises(ValueError):
             reg.add("eth_a", lambda: 2)
 
-    @pytest.mark.parametrize("name", ["noprefix", "eth_", "_x", "1eth_x", "e-th_x"])
+    @pytest.mark.parametrize("name", ["eth_", "_x", "1eth_x", "e-th_x"])
     def test_bad_method_names(self, name):
         with pytest.raises(ValueError):
             Registry().add(name, lambda: 1)
+
+    def test_bare_names_live_in_the_default_namespace(self):
+        reg = Registry()
+        reg.add("echo", lambda x: x)
+        assert "echo" in reg
+        restricted = Registry(namespaces=["eth"])
+        restricted.add("echo", lambda x: x)
+        assert "echo" not in restricted  # an allowlist exposes bare names only if it lists ""
+        open_default = Registry(namespaces=["eth", ""])
+        open_default.add("echo", lambda x: x)
+        assert "echo" in open_default
 
     def test_generators_refused(self):
         def gen():
