@@ -1,9 +1,11 @@
 """The services and limits every transcript runs against, and the transcript format.
 
 Reusable by any runner: ``tests/unit/test_transcripts.py`` plays the transcripts against
-a Dispatcher and a FakeTransport; a WebSocket runner plays the same files against a real
-server built with ``make_dispatcher(server)``. The format is described in
-``tests/transcripts/README.md``; this module is its only parser.
+a Dispatcher and a FakeTransport (``make_dispatcher``);
+``tests/integration_rpc/test_transcripts_ws.py`` plays the same files over WebSocket
+against a real server (``make_server``: the same services on a ``Server``'s registry).
+The format is described in ``tests/transcripts/README.md``; this module is its only
+parser.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import orjson
 from fastrpc.dispatch import Dispatcher
 from fastrpc.errors import RPCError
 from fastrpc.limits import KiB, Limits
+from fastrpc.server import Server
 from fastrpc.service import Context, Registry
 
 TRANSCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transcripts")
@@ -136,7 +139,13 @@ class BlockingService:
 def make_registry(holder: dict[str, Dispatcher]) -> Registry:
     """A fresh registry (breakers and counters start clean). ``holder["d"]`` must be set
     to the dispatcher before ``sub_emit`` is called."""
-    reg = Registry(namespaces=EXPOSED)
+    return register_services(Registry(namespaces=EXPOSED), holder)
+
+
+def register_services(reg: Registry, holder: dict[str, Any]) -> Registry:
+    """Register every transcript service and topic on ``reg`` (a fresh Registry, or a
+    JSON-RPC ``Server``'s own ``server.registry``); returns ``reg``. ``holder["d"]``
+    must hold the dispatcher serving ``reg`` before ``sub_emit`` is called."""
     reg.register("test", BasicService())
     reg.register("slow", SlowService())
     reg.register("one", OneService(), max_concurrency=1)
@@ -163,6 +172,15 @@ def make_dispatcher(transport: Any, *, loop: asyncio.AbstractEventLoop | None = 
     d = Dispatcher(transport, LIMITS, loop=loop, registry=make_registry(holder))
     holder["d"] = d
     return d
+
+
+def make_server(limits: Limits | None = None, **server_kw: Any) -> Server:
+    """A JSON-RPC ``Server`` (not started) serving the same services, namespaces and
+    tiny limits as ``make_dispatcher``, for runners that play transcripts over real
+    sockets. ``limits`` replaces ``LIMITS`` (keep its JSON-RPC limits)."""
+    server = Server(limits=limits or LIMITS, namespaces=list(EXPOSED), **server_kw)
+    register_services(server.registry, {"d": server.dispatcher})
+    return server
 
 
 # --- the transcript format ---------------------------------------------------------------
