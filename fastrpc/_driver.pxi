@@ -128,6 +128,7 @@ cdef enum:
     C_PINGS_SENT
     C_READ_PAUSES           # reading paused for in-flight requests or pending output
     C_WRITE_WAITS           # send() would block: EPOLLOUT armed
+    C_BATCHES               # readiness batches (callbacks from the loop with events)
     C_N
 
 COUNTER_NAMES = (
@@ -136,7 +137,7 @@ COUNTER_NAMES = (
     "closed_too_big", "closed_nomem", "closed_idle", "closed_pong_timeout",
     "closed_slow_reader", "closed_close_timeout", "closed_by_server",
     "closed_handler_error", "messages_in", "messages_out", "bytes_in", "bytes_out",
-    "pings_sent", "read_pauses", "write_waits",
+    "pings_sent", "read_pauses", "write_waits", "batches",
 )
 
 cdef bytes _CRLFCRLF = b"\r\n\r\n"
@@ -298,6 +299,7 @@ cdef class Reactor:
         n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
         if n <= 0:
             return
+        self.counters[C_BATCHES] += 1
         self.in_batch = True
         try:
             for i in range(n):

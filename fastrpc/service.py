@@ -480,7 +480,7 @@ def is_async_callable(fn: Any) -> bool:
 class Method:
     """One exposed method: the callable, its plan, its namespace's bulkhead."""
 
-    __slots__ = ("name", "fn", "kind", "is_async", "service", "bulkhead", "plan", "invoke")
+    __slots__ = ("name", "fn", "kind", "is_async", "service", "bulkhead", "plan", "invoke", "lo", "hi")
 
     def __init__(self, name: str, fn: Any, service: "Service", kind: int | None = None) -> None:
         self.name = name
@@ -492,12 +492,19 @@ class Method:
             self.is_async = False
             self.plan = Plan()
             self.invoke: Callable[[Any, Any, int], Any] = _builtin_invoke
+            self.lo, self.hi = 1, 0
             return
         if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise TypeError(f"{name}: generators cannot be RPC handlers (use a topic)")
         self.is_async = is_async_callable(fn)
         self.plan = Plan.of(fn)
         self.invoke = _make_invoke(fn, self.plan)
+        # lo..hi: array lengths the dispatcher may pass straight to fn(*params) (no
+        # binding, no type checks to run); an empty range (lo > hi) when it may not.
+        if self.plan.simple and not self.plan.checks:
+            self.lo, self.hi = self.plan.min_pos, self.plan.max_pos
+        else:
+            self.lo, self.hi = 1, 0
         self.kind = SYNC
         self.update_kind()
 
