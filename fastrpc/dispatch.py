@@ -180,6 +180,9 @@ class Dispatcher:
         self._table = self.registry.table  # the same dict: later registrations are seen
         self._loop = loop
         self._tasks: set[asyncio.Task[None]] = set()  # strong references to running calls
+        # The same tasks by connection, so a connection that ends cancels its calls.
+        # An entry exists only while a connection has calls running.
+        self._by_cid: dict[int, set[asyncio.Task[None]]] = {}
         self._max_batch = limits.max_batch_length
         self._max_batch_bytes = limits.max_batch_response_size
         self._default_timeout = limits.request_timeout
@@ -242,9 +245,14 @@ class Dispatcher:
     on_binary = on_message
 
     def on_close(self, cid: int, code: int | None = None) -> None:
-        """Connection ``cid`` ended: drop its subscriptions. Its calls still running
-        finish (or time out) and their replies are dropped by ``transport.send``."""
+        """Connection ``cid`` ended: drop its subscriptions and cancel its async calls
+        still running (nobody is left to read their replies). A threaded call cannot be
+        cancelled: its thread finishes in the background and its reply is dropped."""
         self.subscriptions.drop(cid)
+        mine = self._by_cid.pop(cid, None)
+        if mine:
+            for task in mine:
+                task.cancel()
 
     def publish(self, topic: Topic | str, payload: Any, key: Any = None) -> int:
         """Notify every subscriber of ``topic`` (a Topic, ``"ns.name"`` or a unique bare
@@ -350,10 +358,36 @@ class Dispatcher:
         transport.begin(cid)
         if b is not None:
             b.pending += 1
-        task = loop.create_task(self._run(cid, m, aw, rid, timeout, threaded, b, idx))
+        ran = [False]  # set by _run's finally; still False: cancelled before its first step
+        task = loop.create_task(self._run(cid, m, aw, rid, timeout, threaded, b, idx, ran))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        mine = self._by_cid.get(cid)
+        if mine is None:
+            mine = self._by_cid[cid] = set()
+        mine.add(task)
+        task.add_done_callback(functools.partial(self._task_done, cid, m, aw, threaded, ran))
         return PENDING if b is not None else None
+
+    def _task_done(
+        self, cid: int, m: Method, aw: Any, threaded: bool, ran: list[bool], task: asyncio.Task[None]
+    ) -> None:
+        if not ran[0]:
+            # Cancelled before its first step (its connection ended at once): _run's
+            # cleanup never ran. Do it here, and close the handler's coroutine, which
+            # was never awaited.
+            close = getattr(aw, "close", None)
+            if close is not None:
+                close()
+            m.bulkhead.cancelled()
+            if not threaded:
+                m.bulkhead.release()
+            self._transport.end(cid)
+        self._tasks.discard(task)
+        mine = self._by_cid.get(cid)
+        if mine is not None:
+            mine.discard(task)
+            if not mine:
+                del self._by_cid[cid]
 
     async def _run(
         self,
@@ -365,6 +399,7 @@ class Dispatcher:
         threaded: bool,
         b: _Batch | None,
         idx: int,
+        ran: list[bool],
     ) -> None:
         """The task of one async or threaded call."""
         bh = m.bulkhead
@@ -405,6 +440,7 @@ class Dispatcher:
             bh.failure()
             reply = None if rid is NO_ID else internal_error(rid)
         finally:
+            ran[0] = True
             if not threaded:
                 bh.release()  # a thread gives its slot back when it really returns
             self._transport.end(cid)
