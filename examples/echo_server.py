@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
+
+from _serve import run, serve
 
 from fastrpc.limits import Limits
 from fastrpc.server import Server
@@ -36,15 +36,7 @@ async def main(args: argparse.Namespace) -> None:
         pool_size_classes=classes,
         memory_limit=max(256 * 1024 * 1024, 8 * classes[-1]),
     )
-    server = Server(Echo(), limits=limits)
-    await server.start(args.host, args.port)
-    print(f"listening on {args.host}:{server.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    await serve(Server(Echo(), limits=limits), args.host, args.port)
 
 
 def cli() -> None:
@@ -56,12 +48,7 @@ def cli() -> None:
     p.add_argument("--max-per-ip", type=int, default=0, help="default: max-connections")
     p.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024)
     args = p.parse_args()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    run(lambda: main(args), args.loop)
 
 
 if __name__ == "__main__":

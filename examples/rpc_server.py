@@ -6,8 +6,8 @@ as the peers' servers in benchmarks/peers/.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
+
+from _serve import run, serve
 
 from fastrpc import Limits, Server
 
@@ -31,15 +31,7 @@ def build(max_connections: int) -> Server:
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = build(args.max_connections)
-    await server.start(args.host, args.port)
-    print(f"listening on {args.host}:{server.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    await serve(build(args.max_connections), args.host, args.port)
 
 
 if __name__ == "__main__":
@@ -49,9 +41,4 @@ if __name__ == "__main__":
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--max-connections", type=int, default=10_000)
     a = p.parse_args()
-    if a.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(a))
-    else:
-        asyncio.run(main(a))
+    run(lambda: main(a), a.loop)

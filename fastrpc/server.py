@@ -43,6 +43,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from . import _core
+from .dispatch import Dispatcher
+from .service import Registry
 from .handshake import HandshakePolicy, handle_request, reject, too_large
 from .limits import Limits
 
@@ -131,9 +133,6 @@ class Server:
         self.dispatcher: Any = None
         self.registry: Any = None
         if handler is None:
-            from .dispatch import Dispatcher
-            from .service import Registry
-
             self.registry = Registry(namespaces)
             # The dispatcher calls straight into the compiled core: no Python layer
             # between a reply and its frame.
