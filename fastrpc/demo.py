@@ -1,4 +1,4 @@
-"""A small node-like app: ``python -m fastrpc.demo [--port 8546] [--loop uvloop]``.
+"""A small node-like app: ``fastrpc-demo [--port 8546] [--loop uvloop]`` (or ``python -m fastrpc.demo``).
 
 Namespaces:
 
