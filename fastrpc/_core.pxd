@@ -144,6 +144,7 @@ cdef class ConnTable:
     cdef uint32_t ips_mask                # ips_tab has ips_mask + 1 entries (power of two)
     cdef readonly uint32_t n_ips          # distinct addresses with a connection
     cdef readonly BufferPool pool
+    cdef public bint owns_fds             # close the slots' fds on dealloc (set by Reactor)
     cdef int64_t add_c(self, int fd, const uint8_t* addr16, uint16_t port, uint32_t now, bint count_ip) noexcept
     cdef int ip_admit(self, Slot* s) noexcept
     cdef Slot* get(self, uint64_t cid) noexcept

@@ -11,11 +11,15 @@ Python surface. The sections live in include files, one job each:
   _table.pxi   ConnTable
   _driver.pxi  Reactor: the epoll I/O driver over the table (the only part doing I/O)
 """
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.errno cimport errno, EINTR
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset, memcmp
+
+cdef extern from "unistd.h" nogil:
+    int close(int fd)
 
 cdef extern from "string.h" nogil:
     void* memmem(const void* h, size_t hl, const void* n, size_t nl)

@@ -77,9 +77,6 @@ cdef extern from "netinet/tcp.h" nogil:
     enum:
         TCP_NODELAY
 
-cdef extern from "unistd.h" nogil:
-    int close(int fd)
-
 cdef extern from "errno.h" nogil:
     enum:
         EAGAIN
@@ -149,6 +146,7 @@ cdef inline uint64_t _cid(ConnTable t, Slot* s) noexcept:
     return (<uint64_t>s.gen << 32) | <uint64_t>(s - t.slots)
 
 
+@cython.no_gc_clear  # __dealloc__ may run from the cycle collector: keep its fields
 cdef class Reactor:
     """The socket-owning core of a server. Python gives it listening sockets and
     callbacks; it accepts, reads, parses, writes and times out connections itself.
@@ -200,7 +198,6 @@ cdef class Reactor:
     cdef public bytes http_503   # admission lost a race between Python's check and the upgrade
     cdef public bytes http_500   # on_handshake raised
     cdef object loop
-    cdef object _flush_cb
 
     def __cinit__(self, BufferPool pool not None, uint32_t max_open, uint32_t max_pending,
                   uint32_t max_per_ip=256, *, size_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
@@ -214,6 +211,7 @@ cdef class Reactor:
         init_config(&self.cfg, False, max_message_size, max_fragments)
         self.pool = pool
         self.table = ConnTable(max_open + max_pending, max_per_ip, pool)
+        self.table.owns_fds = True  # the table's slots hold this reactor's sockets
         self.max_open = max_open
         self.max_pending = max_pending
         self.max_handshake_size = max_handshake_size
@@ -227,7 +225,6 @@ cdef class Reactor:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
-        self._flush_cb = self._scheduled_flush
         self.http_431 = _HTTP_431
         self.http_503 = _HTTP_503
         self.http_500 = _HTTP_500
@@ -776,7 +773,7 @@ cdef class Reactor:
             # Sends from outside a readiness batch (async replies, publish) coalesce
             # until the loop's next turn: one send() per connection.
             self.flush_scheduled = True
-            self.loop.call_soon(self._flush_cb)
+            self.loop.call_soon(self._scheduled_flush)  # no bound method kept: no self-cycle
 
     def _scheduled_flush(self):
         self.flush_scheduled = False

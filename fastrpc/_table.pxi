@@ -56,6 +56,7 @@ cdef str addr_text(const uint8_t* a):
     return _socket.inet_ntop(_socket.AF_INET6, raw)
 
 
+@cython.no_gc_clear  # __dealloc__ needs the pool to give the slots' blocks back
 cdef class ConnTable:
     def __cinit__(self, uint32_t capacity, uint32_t max_per_ip=256, BufferPool pool=None):
         cdef uint32_t i, size = 16
@@ -87,6 +88,9 @@ cdef class ConnTable:
                 for i in range(self.capacity):
                     if self.slots[i].state != SLOT_FREE:
                         self.free_blocks(&self.slots[i])
+                        if self.owns_fds:
+                            # Dropped without stop(): the sockets must not outlive it.
+                            close(self.slots[i].fd)
             free(self.slots)
         free(self.ips_tab)
 
