@@ -220,7 +220,7 @@ def record(loop_name: str, scenario: str, row: dict[str, Any]) -> None:
     lines = [
         "# Isolation: healthy-call latency while one namespace is sick",
         "",
-        "Made by `python -m pytest tests/integration_rpc/test_isolation_ws.py -p no:cacheprovider`",
+        "Made by `FASTRPC_RECORD_RESULTS=1 python -m pytest tests/integration_rpc/test_isolation_ws.py -p no:cacheprovider`",
         "(issue 4). Client and server share one event loop and one process on 127.0.0.1, so",
         "the figures are round trips *including* the client's own work, and they vary with",
         "the machine's load: they are reported, never asserted. The test asserts only that",
