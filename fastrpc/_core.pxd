@@ -138,6 +138,7 @@ cdef class ConnTable:
     cdef Slot* slots
     cdef readonly uint32_t capacity
     cdef readonly uint32_t count          # slots in use
+    cdef readonly uint32_t high           # slots ever used: every slot >= high is untouched
     cdef readonly uint32_t max_per_ip
     cdef int32_t free_head
     cdef IPEntry* ips_tab

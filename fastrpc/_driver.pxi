@@ -264,11 +264,7 @@ cdef class Reactor:
 
     def pause_accept(self):
         """Stop accepting (stop() and EMFILE). Connections already open carry on."""
-        cdef int i
-        if not self.accept_paused:
-            for i in range(self.n_listeners):
-                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.listeners[i], NULL)
-            self.accept_paused = True
+        self._pause_accept_c()
 
     def resume_accept(self):
         cdef int i
@@ -987,14 +983,12 @@ cdef class Reactor:
         return s.out_bytes if s != NULL else 0
 
     def connections(self):
-        """Ids of every upgraded connection (for stop() and tests; O(capacity))."""
+        """Ids of every upgraded connection (for stop() and tests; O(slots ever used))."""
         cdef uint32_t i
         cdef list out = []
-        for i in range(self.table.capacity):
+        for i in range(self.table.high):
             if self.table.slots[i].state == SLOT_OPEN:
                 out.append(_cid(self.table, &self.table.slots[i]))
-            elif self.table.slots[i].state == SLOT_FREE and self.table.slots[i].gen == 0:
-                break
         return out
 
     # --- housekeeping: one sweep replaces every per-connection timer -----------------
@@ -1012,11 +1006,9 @@ cdef class Reactor:
         cdef uint8_t ping_payload[4]
         self.in_batch = True
         try:
-            for i in range(self.table.capacity):
+            for i in range(self.table.high):
                 s = &self.table.slots[i]
                 if s.state == SLOT_FREE:
-                    if s.gen == 0:
-                        break
                     continue
                 cid = _cid(self.table, s)
                 if s.state == SLOT_HANDSHAKE or s.state == SLOT_UPGRADING:
@@ -1048,11 +1040,9 @@ cdef class Reactor:
             reason = reason.encode()
         self.in_batch = True
         try:
-            for i in range(self.table.capacity):
+            for i in range(self.table.high):
                 s = &self.table.slots[i]
                 if s.state == SLOT_FREE:
-                    if s.gen == 0:
-                        break
                     continue
                 if s.state == SLOT_OPEN:
                     self._close_c(s, _cid(self.table, s), code, bytes(reason)[:123], C_CLOSED_BY_SERVER)
@@ -1066,11 +1056,9 @@ cdef class Reactor:
         """Drop every connection now (end of stop(), after the close timeout)."""
         cdef uint32_t i
         cdef Slot* s
-        for i in range(self.table.capacity):
+        for i in range(self.table.high):
             s = &self.table.slots[i]
             if s.state == SLOT_FREE:
-                if s.gen == 0:
-                    break
                 continue
             self._drop(s, _cid(self.table, s), 1006, C_CLOSED_BY_SERVER)
 

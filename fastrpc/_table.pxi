@@ -85,7 +85,7 @@ cdef class ConnTable:
         cdef uint32_t i
         if self.slots != NULL:
             if self.count and self.pool is not None:
-                for i in range(self.capacity):
+                for i in range(self.high):
                     if self.slots[i].state != SLOT_FREE:
                         self.free_blocks(&self.slots[i])
                         if self.owns_fds:
@@ -142,8 +142,11 @@ cdef class ConnTable:
             return -2
         idx = self.free_head
         s = &self.slots[idx]
-        # A never-used slot (gen 0) links implicitly to the next one.
+        # A never-used slot (gen 0) links implicitly to the next one; never-used slots
+        # are handed out in order, so they all lie at `high` and above.
         self.free_head = s.next_free if s.gen else idx + 1
+        if <uint32_t>idx >= self.high:
+            self.high = idx + 1
         gen = s.gen + 1
         if gen == 0:
             gen = 1
@@ -306,13 +309,11 @@ cdef class ConnTable:
         cdef uint32_t i, seen = 0
         cdef Slot* s
         cdef list idle = [], ping = [], dead = []
-        for i in range(self.capacity):
+        for i in range(self.high):
             if seen >= self.count:
                 break
             s = &self.slots[i]
             if s.state == SLOT_FREE:
-                if s.gen == 0:
-                    break  # never-used slots follow: the table was never fuller
                 continue
             seen += 1
             if s.state != SLOT_OPEN:
