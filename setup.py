@@ -33,7 +33,13 @@ extensions = [
         include_dirs=["fastrpc"],
         define_macros=macros,
         extra_compile_args=cflags + ["-Wno-unused-function"],
-    )
+    ),
+    Extension(
+        "fastrpc._fastcall",
+        ["fastrpc/_fastcall.pyx"],
+        define_macros=macros,
+        extra_compile_args=cflags + ["-Wno-unused-function"],
+    ),
 ]
 
 setup(

@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from ._fastcall import BreakerCore
 from .errors import SERVICE_BUSY, SERVICE_UNAVAILABLE
 
 # Breaker states. CLOSED must stay 0: the hot path tests ``if bulkhead.state:``.
@@ -70,8 +71,11 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-class Bulkhead:
-    """Isolation state of one namespace. See the module docstring for the rules."""
+class Bulkhead(BreakerCore):
+    """Isolation state of one namespace. See the module docstring for the rules.
+
+    ``state`` and ``failures`` are C ints of the compiled base
+    (``fastrpc._fastcall.BreakerCore``), which the dispatcher's fast path tests."""
 
     __slots__ = (
         "name",
@@ -82,8 +86,6 @@ class Bulkhead:
         "cooldown",
         "half_open_probes",
         "clock",
-        "state",
-        "failures",
         "opened_at",
         "active",
         "probes",

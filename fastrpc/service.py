@@ -54,6 +54,7 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Iterator
 
+from ._fastcall import MethodCore
 from .errors import InvalidParams
 from .isolation import Bulkhead
 from .jsonrpc import NO_PARAMS
@@ -477,10 +478,14 @@ def is_async_callable(fn: Any) -> bool:
 # --- methods, topics, services ---------------------------------------------------------
 
 
-class Method:
-    """One exposed method: the callable, its plan, its namespace's bulkhead."""
+class Method(MethodCore):
+    """One exposed method: the callable, its plan, its namespace's bulkhead.
 
-    __slots__ = ("name", "fn", "kind", "is_async", "service", "bulkhead", "plan", "invoke", "lo", "hi")
+    ``fn``, ``kind``, ``lo``, ``hi``, ``bulkhead`` and ``invoke`` are fields of the
+    compiled base (``fastrpc._fastcall.MethodCore``), which the dispatcher's compiled
+    fast path reads without attribute lookups."""
+
+    __slots__ = ("name", "is_async", "service", "plan")
 
     def __init__(self, name: str, fn: Any, service: "Service", kind: int | None = None) -> None:
         self.name = name

@@ -32,19 +32,23 @@ def test_there_are_transcripts():
     assert len(FILES) >= 30
 
 
+# "compiled": Dispatcher.on_message (fastrpc._fastcall); "python": the pure-Python path
+# it falls back to, which must follow the same transcripts on its own.
+@pytest.mark.parametrize("entry", ["compiled", "python"])
 @pytest.mark.parametrize("path", FILES, ids=[os.path.basename(p)[:-4] for p in FILES])
-def test_transcript(path):
+def test_transcript(path, entry):
     exchanges = load_transcript(path)
     name = os.path.basename(path)
 
     async def main():
         t = FakeTransport()
         d = make_dispatcher(t)
+        on_message = d.on_message if entry == "compiled" else d.on_message_py
         bindings = {}
         try:
             for ex in exchanges:
                 t.sent.clear()
-                reply = d.on_message(CID, substitute(ex.request, bindings))
+                reply = on_message(CID, substitute(ex.request, bindings))
                 got = [] if reply is None else [reply]
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + REPLY_WAIT
