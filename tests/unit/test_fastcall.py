@@ -277,3 +277,103 @@ def test_result_reply_is_orjson_of_the_dict(rid, value):
 def test_result_reply_int_edges(rid):
     assert _outcome(_fastcall.result_reply, rid, "x") == _outcome(
         orjson.dumps, {"jsonrpc": "2.0", "id": rid, "result": "x"})
+
+
+# --- the canonical-layout recogniser (FastCall.scan) -------------------------------------
+
+CANONICAL = [
+    b'{"jsonrpc":"2.0","id":0,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":-5,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":123456789012345678,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":-123456789012345678,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":"abc-1 ~!","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":"","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":null,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_zero"}',
+    b'{"jsonrpc":"2.0","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","method":"t_zero"}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":["h\\u00e9llo \\"q\\""]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_three","params":[1,2.5,3]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_two","params":[ 1 , {"a":[1]} ]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_star","params":[1,2,3,4,5,6]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_typed","params":["x"]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_nope","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_boom","params":[]}',
+]
+
+NOT_CANONICAL = [
+    b'{"jsonrpc":"2.0","id":1234567890123456789,"method":"t_zero","params":[]}',  # 19 digits
+    b'{"jsonrpc":"2.0","id":99999999999999999999999,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":-0,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":01,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":-,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":1.5,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":1e3,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":"a\\nb","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":"\xc3\xa9","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":nul,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":true,"method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_z\\u0065ro","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_zero","params":[] }',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_zero","params":[]} ',
+    b' {"jsonrpc":"2.0","id":7,"method":"t_zero","params":[]}',
+    b'{"jsonrpc": "2.0","id":7,"method":"t_zero","params":[]}',
+    b'{"id":7,"jsonrpc":"2.0","method":"t_zero","params":[]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_zero","params":[],"id":8}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_zero","params":[1],"method":"t_boom"}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":[1]}}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":[1],"x":[2]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":{"x":1}}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":null}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":"[1]"}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":[1}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params":[\xff]}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one"',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one"}}',
+    b'{"jsonrpc":"2.0","id":7,"method":"t_one","params"}',
+    b'{"jsonrpc":"2.0","id":7}',
+    b'{"jsonrpc":"2.0","id":7,"method":"' + b"m" * 200 + b'","params":[]}',
+    b'{"jsonrpc":"2.0","id":"' + b"i" * 200 + b'","method":"t_zero","params":[]}',
+]
+
+
+@pytest.mark.parametrize("data", CANONICAL + NOT_CANONICAL)
+def test_layouts_same_bytes(data, caplog):
+    a, b = pair()
+    with caplog.at_level(logging.CRITICAL, logger="fastrpc.dispatch"):
+        assert a.on_message(7, data) == b.on_message_py(7, data)
+        # bytearray and memoryview skip the recogniser: same answer again
+        assert a.on_message(7, bytearray(data)) == b.on_message_py(7, bytearray(data))
+
+
+@pytest.mark.parametrize("data", [d for d in CANONICAL if b"t_nope" not in d and b"t_typed" not in d])
+def test_canonical_layouts_stay_compiled(data, caplog):
+    a, _ = pair()
+    with caplog.at_level(logging.CRITICAL, logger="fastrpc.dispatch"):
+        a.on_message(7, data)
+    assert a.fallbacks == 0
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(CANONICAL), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255),
+                                                      st.sampled_from(["replace", "insert", "delete"])),
+                                            min_size=1, max_size=3))
+def test_mutated_layouts_same_bytes(template, edits):
+    """Byte-level damage to the recognised layout: both paths still agree exactly."""
+    data = bytearray(template)
+    for pos, byte, op in edits:
+        pos %= len(data) + (op == "insert")
+        if op == "replace" and pos < len(data):
+            data[pos] = byte
+        elif op == "insert":
+            data.insert(pos, byte)
+        elif op == "delete" and len(data) > 1 and pos < len(data):
+            del data[pos]
+    a, b = pair()
+    logging.getLogger("fastrpc.dispatch").disabled = True
+    try:
+        assert a.on_message(7, bytes(data)) == b.on_message_py(7, bytes(data)), bytes(data)
+    finally:
+        logging.getLogger("fastrpc.dispatch").disabled = False
