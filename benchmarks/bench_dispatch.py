@@ -11,10 +11,13 @@ Groups (``benchmark.group``), each checked once for the right reply before timin
 Entries in each group:
 
 * ``fastrpc``: ``Dispatcher.on_message(cid, data)`` with a FakeTransport-like stub.
-* ``floor-orjson``: only the JSON work no implementation can skip, ``orjson.loads``
-  of the request plus ``orjson.dumps`` of the reply dict (for a batch: ten replies and
-  the join). ``fastrpc / floor`` is the price of validation, lookup, binding, isolation
-  bookkeeping and the call itself.
+* ``floor-orjson``: the JSON work of a straightforward orjson dispatcher, ``orjson.loads``
+  of the whole request plus ``orjson.dumps`` of the reply dict (for a batch: ten
+  replies and the join), with no validation, lookup or call. fastrpc goes below it for
+  a single call in the usual layout: ``fastrpc._fastcall`` recognises that layout
+  without decoding a dict and frames one ``dumps`` of the result; batches and other
+  layouts pay the full decode, so there ``fastrpc / floor`` is the price of
+  validation, lookup, binding, isolation bookkeeping and the call itself.
 * ``naive-stdlib``: the textbook dispatcher, ``json.loads`` → dict lookup → call →
   ``json.dumps``, with the same validation but no isolation, no type checks: what a
   small hand-written server does. For context, not a peer library (none is a test
