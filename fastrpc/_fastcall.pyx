@@ -162,8 +162,9 @@ cdef class FastCall:
     method table (the same dict: later registrations are seen) and its slow paths."""
 
     cdef dict table
-    cdef object call         # Dispatcher._call(cid, msg, None, 0): any single request
-    cdef object batch        # Dispatcher._batch(cid, msg)
+    cdef object call         # Dispatcher._call(cid, msg, b, idx): any request object
+    cdef object batch        # Dispatcher._batch(cid, msg, entry)
+    cdef object entry        # self.call_entry, bound once: what _batch calls per entry
     cdef object failed       # Dispatcher._failed(m, rid): log, count, -32603
     cdef object transport
     # What scan() found (valid only right after it returned 1).
@@ -175,6 +176,7 @@ cdef class FastCall:
         self.batch = dispatcher._batch
         self.failed = dispatcher._failed
         self.transport = dispatcher._transport
+        self.entry = self.call_entry
 
     cdef int scan(self, bytes data) except -1:
         """Recognise the byte layout nearly every client sends,
@@ -265,22 +267,32 @@ cdef class FastCall:
         if type(data) is bytes and self.scan(<bytes>data):
             rid, method, params = self.s_rid, self.s_method, self.s_params
             self.s_rid = self.s_method = self.s_params = None
-            return self.run(cid, None, data, rid, method, params)
+            return self.run(cid, None, data, rid, method, params, None, 0)
         try:
             msg = _loads(data)
         except _DecodeError:
             return _PARSE_ERROR_REPLY
         if type(msg) is not dict:
             if type(msg) is list:
-                return self.batch(cid, msg)
+                return self.batch(cid, msg, self.entry)
             return _NOT_AN_OBJECT_REPLY
+        return self.request(cid, msg, None, 0)
+
+    def call_entry(self, cid, msg, b, idx):
+        """``Dispatcher._call`` for one decoded request object (a batch entry): the
+        same answer, compiled for the common shape."""
+        return self.request(cid, msg, b, idx)
+
+    cdef object request(self, cid, msg, b, idx):
+        cdef object rid, method, params
+        cdef PyObject* p
         # Anything unusual below goes to the Python path, which answers it exactly.
         p = PyDict_GetItem(msg, "jsonrpc")
         if p == NULL or type(<object>p) is not str or <str>p != "2.0":
-            return self.call(cid, msg, None, 0)
+            return self.call(cid, msg, b, idx)
         p = PyDict_GetItem(msg, "method")
         if p == NULL or type(<object>p) is not str:
-            return self.call(cid, msg, None, 0)
+            return self.call(cid, msg, b, idx)
         method = <object>p
         p = PyDict_GetItem(msg, "id")
         if p == NULL:
@@ -288,12 +300,12 @@ cdef class FastCall:
         else:
             rid = <object>p
             if not (type(rid) is int or type(rid) is str or rid is None or type(rid) is float):
-                return self.call(cid, msg, None, 0)
+                return self.call(cid, msg, b, idx)
         p = PyDict_GetItem(msg, "params")
         params = _NO_PARAMS if p == NULL else <object>p
-        return self.run(cid, msg, data, rid, method, params)
+        return self.run(cid, msg, None, rid, method, params, b, idx)
 
-    cdef object run(self, cid, msg, data, rid, method, params):
+    cdef object run(self, cid, msg, data, rid, method, params, b, idx):
         """One valid-looking request: call it here if it has the common shape, else
         hand the decoded message (decoding it now if scan() found it) to Python."""
         cdef MethodCore m
@@ -303,13 +315,13 @@ cdef class FastCall:
         cdef Py_ssize_t n
         p = PyDict_GetItem(self.table, method)
         if p == NULL or not isinstance(<object>p, MethodCore):
-            return self.slow(cid, msg, data)
+            return self.slow(cid, msg, data, b, idx)
         m = <MethodCore>p
         if m.kind != SYNC_KIND:
-            return self.slow(cid, msg, data)
+            return self.slow(cid, msg, data, b, idx)
         bh = m.bulkhead
         if bh is None or bh.state:
-            return self.slow(cid, msg, data)
+            return self.slow(cid, msg, data, b, idx)
         try:
             if params is _NO_PARAMS:
                 value = m.fn() if m.lo == 0 else m.invoke(params, self.transport, cid)
@@ -328,7 +340,7 @@ cdef class FastCall:
             elif type(params) is dict:
                 value = m.invoke(params, self.transport, cid)
             else:
-                return self.slow(cid, msg, data)
+                return self.slow(cid, msg, data, b, idx)
             reply = None if rid is _NO_ID else result_reply(rid, value)
         except _RPCError as e:
             reply = None if rid is _NO_ID else _error(rid, e.code, e.message, e.data)
@@ -338,7 +350,7 @@ cdef class FastCall:
             bh.success()
         return reply
 
-    cdef object slow(self, cid, msg, data):
+    cdef object slow(self, cid, msg, data, b, idx):
         if msg is None:
             msg = _loads(data)  # scan() accepted it: valid JSON, an object
-        return self.call(cid, msg, None, 0)
+        return self.call(cid, msg, b, idx)

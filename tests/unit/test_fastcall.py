@@ -377,3 +377,19 @@ def test_mutated_layouts_same_bytes(template, edits):
         assert a.on_message(7, bytes(data)) == b.on_message_py(7, bytes(data)), bytes(data)
     finally:
         logging.getLogger("fastrpc.dispatch").disabled = False
+
+
+def test_batch_entries_stay_compiled(caplog):
+    """A batch is assembled by the Python path, but each common entry runs compiled:
+    only _batch itself is counted, never _call."""
+    a, b = pair()
+    data = (b'[{"jsonrpc":"2.0","id":1,"method":"t_zero"},{"jsonrpc":"2.0","method":"t_one","params":[1]},'
+            b'{"jsonrpc":"2.0","id":"x","method":"t_three","params":[1,2,3]},'
+            b'{"jsonrpc":"2.0","id":2,"method":"t_boom"}]')
+    with caplog.at_level(logging.CRITICAL, logger="fastrpc.dispatch"):
+        assert a.on_message(7, data) == b.on_message_py(7, data)
+    assert a.fallbacks == 1  # _batch
+    mixed = b'[{"jsonrpc":"2.0","id":1,"method":"t_zero"},{"jsonrpc":"2.0","id":2,"method":"t_nope"},5]'
+    a.fallbacks = 0
+    assert a.on_message(7, mixed) == b.on_message_py(7, mixed)
+    assert a.fallbacks == 2  # _batch, and _call for the unknown method (5 is answered by _batch)
