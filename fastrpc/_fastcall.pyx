@@ -124,14 +124,28 @@ cdef class BreakerCore:
 cdef class MethodCore:
     """Base of ``service.Method``: the fields FastCall reads, as C struct members.
 
-    ``lo..hi``: array lengths that may go straight to ``fn(*params)`` (no binding, no
-    type checks); an empty range (lo > hi) when none may."""
+    ``lo..hi``: array lengths that may go straight to ``fn(*params)`` (no binding)
+    once the simple type tests in ``checks`` pass; an empty range (lo > hi) when none
+    may. ``checks``: ``(index, allowed types)`` pairs, a frozenset of exact types each
+    (what ``Plan.checks`` holds); a failing test leaves the call to ``invoke``, which
+    produces the -32602 answer."""
 
     cdef public object fn
     cdef public int kind
     cdef public Py_ssize_t lo, hi
+    cdef public tuple checks
     cdef public BreakerCore bulkhead
     cdef public object invoke
+
+
+cdef bint passes(tuple checks, list params, Py_ssize_t n) except -1:
+    """Every (index, allowed) test of a method's plan holds for ``params``."""
+    cdef Py_ssize_t i
+    for check in checks:
+        i = (<tuple>check)[0]
+        if i < n and type(params[i]) not in <frozenset>(<tuple>check)[1]:
+            return False
+    return True
 
 
 cdef const char* P_ID = b'{"jsonrpc":"2.0","id":'          # 22 bytes
@@ -327,7 +341,7 @@ cdef class FastCall:
                 value = m.fn() if m.lo == 0 else m.invoke(params, self.transport, cid)
             elif type(params) is list:
                 n = PyList_GET_SIZE(params)
-                if not (m.lo <= n <= m.hi):
+                if not (m.lo <= n <= m.hi) or (m.checks and not passes(m.checks, <list>params, n)):
                     value = m.invoke(params, self.transport, cid)
                 elif n == 0:
                     value = m.fn()

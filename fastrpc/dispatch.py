@@ -263,7 +263,7 @@ class Dispatcher:
                 return None if rid is NO_ID else fixed_error(rid, code)
         try:
             # The common shape inline (saves a frame): an array the callable takes as is.
-            if type(params) is list and m.lo <= len(params) <= m.hi:
+            if type(params) is list and not m.checks and m.lo <= len(params) <= m.hi:
                 value = m.fn(*params)
             else:
                 value = m.invoke(params, self._transport, cid)

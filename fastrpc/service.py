@@ -497,7 +497,7 @@ class Method(MethodCore):
             self.is_async = False
             self.plan = Plan()
             self.invoke: Callable[[Any, Any, int], Any] = _builtin_invoke
-            self.lo, self.hi = 1, 0
+            self.lo, self.hi, self.checks = 1, 0, ()
             return
         if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise TypeError(f"{name}: generators cannot be RPC handlers (use a topic)")
@@ -505,11 +505,12 @@ class Method(MethodCore):
         self.plan = Plan.of(fn)
         self.invoke = _make_invoke(fn, self.plan)
         # lo..hi: array lengths the dispatcher may pass straight to fn(*params) (no
-        # binding, no type checks to run); an empty range (lo > hi) when it may not.
-        if self.plan.simple and not self.plan.checks:
-            self.lo, self.hi = self.plan.min_pos, self.plan.max_pos
+        # binding) once the type tests in checks pass; an empty range (lo > hi) when
+        # it may not.
+        if self.plan.simple:
+            self.lo, self.hi, self.checks = self.plan.min_pos, self.plan.max_pos, self.plan.checks
         else:
-            self.lo, self.hi = 1, 0
+            self.lo, self.hi, self.checks = 1, 0, ()
         self.kind = SYNC
         self.update_kind()
 

@@ -393,3 +393,24 @@ def test_batch_entries_stay_compiled(caplog):
     a.fallbacks = 0
     assert a.on_message(7, mixed) == b.on_message_py(7, mixed)
     assert a.fallbacks == 2  # _batch, and _call for the unknown method (5 is answered by _batch)
+
+
+def test_type_checked_params_skip_binding():
+    """A handler with simple annotations is called straight from the array once its
+    type tests pass; a failing test goes to invoke (the binder), which answers -32602."""
+    a, b = pair()
+    m = a.registry.lookup("t_typed")
+    assert (m.lo, m.hi) == (1, 1) and m.checks
+    seen = []
+    real = m.invoke
+
+    def spy(params, transport, cid):
+        seen.append(params)
+        return real(params, transport, cid)
+
+    m.invoke = spy
+    ok = b'{"jsonrpc":"2.0","id":1,"method":"t_typed","params":[21]}'
+    assert orjson.loads(a.on_message(7, ok))["result"] == 42 and seen == []
+    bad = b'{"jsonrpc":"2.0","id":1,"method":"t_typed","params":["21"]}'
+    assert a.on_message(7, bad) == b.on_message_py(7, bad)
+    assert orjson.loads(a.on_message(7, bad))["error"]["code"] == -32602 and seen == [["21"]] * 2
