@@ -20,6 +20,7 @@ class MethodCore:
     kind: int
     lo: int
     hi: int
+    checks: tuple[tuple[int, frozenset[type]], ...]
     bulkhead: Any
     invoke: Callable[[Any, Any, int], Any]
 
@@ -28,3 +29,5 @@ class FastCall:
 
     def __init__(self, dispatcher: Any) -> None: ...
     def on_message(self, cid: int, data: bytes) -> bytes | None: ...
+    def call_entry(self, cid: int, msg: dict[str, Any], b: Any, idx: int) -> Any:
+        """``Dispatcher._call`` for one decoded request object (a batch entry)."""
