@@ -15,17 +15,15 @@ kept short: no signature inspection, no per-call allocation beyond the reply its
 * Notifications (no ``id``) get no reply. Batches are answered with an array (an empty
   batch is -32600; a batch of only notifications gets no reply).
 
-Also the command line every peer takes: ``--host``, ``--port``, ``--loop asyncio|uvloop``;
-the server prints ``listening on HOST:PORT`` and stops cleanly on SIGINT or SIGTERM.
+The command line and lifetime are ``_cli.run``'s, shared with the echo peers.
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
 from typing import Any, Awaitable, Callable
 
 import orjson
+
+import _cli
 
 __all__ = ["METHODS", "handle", "run"]
 
@@ -120,30 +118,5 @@ def handle(message: bytes | bytearray | memoryview | str) -> bytes | None:
 
 def run(serve: Callable[[str, int], Awaitable[Callable[[], Awaitable[None]]]],
         description: str) -> None:
-    """Parse the common command line and run ``serve(host, port)`` on the chosen loop.
-
-    ``serve`` starts listening and returns an async ``stop()``; this prints the
-    ``listening`` line, waits for SIGINT/SIGTERM, then awaits ``stop()``.
-    """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9001)
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    args = p.parse_args()
-
-    async def main() -> None:
-        stop_event = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop_event.set)
-        stop = await serve(args.host, args.port)
-        print(f"listening on {args.host}:{args.port}", flush=True)
-        await stop_event.wait()
-        await stop()
-
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    """The peers' common command line (``_cli.run``) around ``serve(host, port)``."""
+    _cli.run(lambda args: serve(args.host, args.port), description, port=9001)

@@ -13,10 +13,10 @@ same arguments; aiohttp has no WebSocket connection limit, so it is not used.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from aiohttp import WSMsgType, web
+
+from _cli import Stop, run
 
 
 def make_app(compress: bool) -> web.Application:
@@ -35,34 +35,12 @@ def make_app(compress: bool) -> web.Application:
     return app
 
 
-async def main(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace) -> Stop:
     runner = web.AppRunner(make_app(args.compression == "deflate"))
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
-    print(f"listening on {args.host}:{args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9003)
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    p.add_argument("--max-connections", type=int, default=0, help="accepted, not used")
-    p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
-    args = p.parse_args()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    return runner.cleanup
 
 
 if __name__ == "__main__":
-    cli()
+    run(serve, __doc__.split("\n\n")[0], port=9003, compression=True)

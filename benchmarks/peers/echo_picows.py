@@ -14,10 +14,10 @@ same arguments; picows has no connection limit, so it is not used.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from _cli import Stop, run
 
 
 class Echo(WSListener):
@@ -33,32 +33,15 @@ def listener_factory(request: WSUpgradeRequest) -> Echo:
     return Echo()
 
 
-async def main(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace) -> Stop:
     server = await ws_create_server(listener_factory, args.host, args.port)
-    print(f"listening on {args.host}:{args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
 
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
 
-def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9004)
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    p.add_argument("--max-connections", type=int, default=0, help="accepted, not used")
-    args = p.parse_args()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    return stop
 
 
 if __name__ == "__main__":
-    cli()
+    run(serve, __doc__.split("\n\n")[0], port=9004)

@@ -14,10 +14,11 @@ limit, so the value is not used.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+
+from _cli import Stop, run
 
 
 async def echo(ws: ServerConnection) -> None:
@@ -25,32 +26,16 @@ async def echo(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
-async def main(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace) -> Stop:
     compression = None if args.compression == "none" else "deflate"
-    async with serve(echo, args.host, args.port, compression=compression):
-        print(f"listening on {args.host}:{args.port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+    server = await ws_serve(echo, args.host, args.port, compression=compression)
 
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
 
-def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9002)
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    p.add_argument("--max-connections", type=int, default=0, help="accepted, not used")
-    p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
-    args = p.parse_args()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    return stop
 
 
 if __name__ == "__main__":
-    cli()
+    run(serve, __doc__.split("\n\n")[0], port=9002, compression=True)
