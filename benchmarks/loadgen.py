@@ -34,9 +34,7 @@ missing at ``T_STOP``) are counted; ``load.py`` treats a run with any error as i
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
-import hashlib
 import json
 import os
 import select
@@ -48,7 +46,8 @@ from typing import Any
 
 import orjson
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from _wsclient import client_frame, handshake_key
+
 RECV_SIZE = 65536  # bytes read at most per recv_into(); replies are ~50 bytes each
 MAX_ERROR_SAMPLES = 5
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
@@ -65,24 +64,6 @@ def request_for(rid: int) -> tuple[bytes, Any]:
         return orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "echo", "params": [x]}), x
     return (orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "add", "params": [rid, 1000]}),
             rid + 1000)
-
-
-def mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    reps = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(reps, "big")).to_bytes(n, "big")
-
-
-def client_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
-    """One masked, unfragmented client frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + key + mask(payload, key)
 
 
 class Failure(Exception):
@@ -141,7 +122,7 @@ class Generator:
         for i in range(a.conns):
             sock = socket.create_connection((a.host, a.port), timeout=10)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ws_key = base64.b64encode(os.urandom(16))
+            ws_key, accept = handshake_key()
             sock.sendall(b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                          b"Sec-WebSocket-Version: 13\r\n\r\n"
@@ -158,7 +139,6 @@ class Generator:
             lines = head.split(b"\r\n")
             if not lines[0].startswith(b"HTTP/1.1 101"):
                 raise SystemExit(f"connection {i}: handshake refused: {lines[0]!r}")
-            accept = base64.b64encode(hashlib.sha1(ws_key + GUID).digest())
             headers = {k.strip().lower(): v.strip()
                        for k, _, v in (ln.partition(b":") for ln in lines[1:])}
             if headers.get(b"sec-websocket-accept") != accept:

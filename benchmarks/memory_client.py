@@ -34,9 +34,7 @@ Every phase is bounded by ``--phase-timeout``, the whole process by ``--lifetime
 from __future__ import annotations
 
 import argparse
-import base64
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -47,7 +45,8 @@ import time
 import zlib
 from collections import Counter, deque
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from _wsclient import client_frame, handshake_key
+
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 MAX_HEAD = 16 * 1024  # largest 101 response accepted, bytes
 RECV = 65536  # bytes per recv call
@@ -56,27 +55,6 @@ RECV = 65536  # bytes per recv call
 CONNECTING, UPGRADING, OPEN, TOUCHING, DONE = range(5)
 
 OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
-
-
-def mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if n == 0:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One masked, final frame (the client role of RFC 6455 §5.3)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    return head + key + mask(payload, key)
 
 
 def message(idx: int, size: int) -> bytes:
@@ -186,8 +164,7 @@ class Worker:
         if err:
             self.fail(c, f"connect: {os.strerror(err)}")
             return
-        key = base64.b64encode(os.urandom(16))
-        c.accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        key, c.accept = handshake_key()
         request = (
             b"GET / HTTP/1.1\r\n"
             b"Host: %s:%d\r\n"
