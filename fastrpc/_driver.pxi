@@ -830,8 +830,6 @@ cdef class Reactor:
         cdef int k
         cdef iovec iov[FLUSH_IOV]
         cdef msghdr msg
-        memset(&msg, 0, sizeof(msg))
-        msg.msg_iov = iov
         while s.out_head:
             k = 0
             h = s.out_head
@@ -850,6 +848,8 @@ cdef class Reactor:
                 if k == 1:  # the usual case: send() skips copying a msghdr and an iovec in
                     sent = send(s.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
                 else:
+                    memset(&msg, 0, sizeof(msg))
+                    msg.msg_iov = iov
                     msg.msg_iovlen = k
                     sent = sendmsg(s.fd, &msg, MSG_NOSIGNAL)
                 if sent < 0:
