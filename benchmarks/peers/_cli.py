@@ -9,11 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-__all__ = ["run"]
+__all__ = ["closer", "run"]
 
 Stop = Callable[[], Awaitable[None]]
+
+
+def closer(server: Any) -> Stop:
+    """``stop()`` for a server object with ``close()`` and ``wait_closed()``
+    (websockets' and picows' servers, like asyncio's)."""
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return stop
 
 
 def run(serve: Callable[[argparse.Namespace], Awaitable[Stop]], description: str, *,

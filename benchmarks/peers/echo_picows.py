@@ -17,7 +17,7 @@ import argparse
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from _cli import Stop, run
+from _cli import Stop, closer, run
 
 
 class Echo(WSListener):
@@ -35,12 +35,7 @@ def listener_factory(request: WSUpgradeRequest) -> Echo:
 
 async def serve(args: argparse.Namespace) -> Stop:
     server = await ws_create_server(listener_factory, args.host, args.port)
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    return stop
+    return closer(server)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from _cli import Stop, run
+from _cli import Stop, closer, run
 
 
 async def echo(ws: ServerConnection) -> None:
@@ -29,12 +29,7 @@ async def echo(ws: ServerConnection) -> None:
 async def serve(args: argparse.Namespace) -> Stop:
     compression = None if args.compression == "none" else "deflate"
     server = await ws_serve(echo, args.host, args.port, compression=compression)
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    return stop
+    return closer(server)
 
 
 if __name__ == "__main__":

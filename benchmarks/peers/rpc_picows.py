@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
+from _cli import closer
 from _rpc import handle, run
 
 TEXT, BINARY, CONTINUATION, CLOSE = (
@@ -54,12 +55,7 @@ class RpcListener(WSListener):
 
 async def serve(host: str, port: int) -> Callable[[], Awaitable[None]]:
     server = await ws_create_server(lambda _request: RpcListener(), host, port)
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    return stop
+    return closer(server)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 from websockets.asyncio.server import ServerConnection, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
+from _cli import closer
 from _rpc import handle, run
 
 
@@ -33,12 +34,7 @@ async def rpc(ws: ServerConnection) -> None:
 
 async def serve(host: str, port: int) -> Callable[[], Awaitable[None]]:
     server = await ws_serve(rpc, host, port, compression=None)
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    return stop
+    return closer(server)
 
 
 if __name__ == "__main__":
