@@ -279,6 +279,7 @@ def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
                "--depth", str(sc.depth), "--latency-file", str(lat)]
         if server.spec.echo:
             cmd.append("--echo-ok")
+        cmd += ["--engine", args.engine]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       preexec_fn=_pinned(client_cpus)))
@@ -419,6 +420,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     loops = args.loops.split(",")
     scenarios = [SCENARIOS[k] for k in args.scenarios.split(",")]
     server_cpus, client_cpus = cpu_plan(not args.no_pin)
+    if args.engine == "compiled":  # build the client's loop now, not inside a run
+        subprocess.run([sys.executable, str(LOADGEN), "--build-only"], cwd=ROOT, check=True)
     n = len(specs) * len(loops) * len(scenarios) * args.repeat
     print(f"{n} runs of {args.warmup:g} s warm-up + {args.duration:g} s: about "
           f"{n * (args.warmup + args.duration + 0.7) + len(specs) * len(loops) * 1.5:.0f} s",
@@ -479,6 +482,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "repeat": args.repeat,
                      "clients": args.clients, "wait_quiet_s": args.wait_quiet,
+                     "engine": args.engine,
                      "pinned": server_cpus is not None,
                      "server_cpus": sorted(server_cpus or []),
                      "client_cpus": sorted(client_cpus or [])},
@@ -605,6 +609,7 @@ def render(data: dict[str, Any]) -> str:
         + (" (with uncommitted changes)" if env["dirty"] else "") + ". "
         + (f"Server pinned to CPU {data['settings']['server_cpus']}, load generator to "
            f"CPU {data['settings']['client_cpus']}. " if data["settings"]["pinned"] else "")
+        + f"Load generator loop: {data['settings'].get('engine', 'python')}. "
         + f"Warm-up {data['settings']['warmup_s']:g} s, measured "
           f"{data['settings']['duration_s']:g} s per run"
         + (f"; each scenario run {data['settings']['repeat']} times, the row shows the "
@@ -719,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each run, wait up to this long for other processes to "
                          f"use less than {NOISY_CORES} of a core (a shared machine)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client CPUs")
+    ap.add_argument("--engine", choices=("compiled", "python"), default="compiled",
+                    help="the load generator's measured loop (see loadgen.py): compiled "
+                         "(default; cheaper per request than any server measured) or python")
     ap.add_argument("--json", type=Path, default=RESULTS / "load.json")
     ap.add_argument("--markdown", type=Path, default=RESULTS / "load.md")
     ap.add_argument("--from-json", type=Path, help="only render an existing JSON file")

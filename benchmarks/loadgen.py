@@ -1,6 +1,7 @@
 """The load generator behind ``benchmarks/load.py``: raw sockets, pre-encoded frames.
 
     python benchmarks/loadgen.py --port P --conns 64 --depth 1 [--echo-ok] --latency-file F
+        [--engine compiled|python]
 
 It is started by ``load.py``, not by hand. Lifecycle, one line each way on stdio:
 
@@ -28,7 +29,18 @@ world <id>")`` when 1, ``add(id, 1000)`` when 2. ``--echo-ok`` also accepts the 
 itself as the reply to its id (a plain echo server, transport only).
 
 A single connection blocks in ``recv`` (one system call per read); several are served
-with ``epoll``. Errors (a wrong or unexpected reply, a close, a reset, a reply still
+with ``epoll``.
+
+The measured loop (step 3) runs compiled by default (``_loadloop.pyx``, built by
+Cython's pyximport on first use and cached under ``build/pyxbld``); ``--engine python``
+runs the same steps in ``Generator._run_one`` / ``_run_many``. Why it matters: with 64
+connections the client and the server do the same kernel work per request, so the
+client's own interpreter time decides which of the two sets the pace. The Python loop
+spends about 2 µs of user time per request here; a server cheaper than that gets its
+requests a few at a time (about 4 per ``epoll_wait`` round, against about 40 with the
+compiled loop) and its CPU per request follows the client's. Setup, the handshake,
+validating a reply never seen before, errors and the drain are the same Python code
+for both engines. Errors (a wrong or unexpected reply, a close, a reset, a reply still
 missing at ``T_STOP``) are counted; ``load.py`` treats a run with any error as invalid.
 """
 from __future__ import annotations
@@ -64,6 +76,18 @@ def request_for(rid: int) -> tuple[bytes, Any]:
         return orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "echo", "params": [x]}), x
     return (orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "add", "params": [rid, 1000]}),
             rid + 1000)
+
+
+def compiled_loop() -> Any:
+    """``_loadloop``, the measured loop in C (built by pyximport on first use, cached
+    under build/)."""
+    import pyximport  # Cython's; the test extra installs it
+
+    build = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "pyxbld")
+    pyximport.install(build_dir=build, language_level=3)
+    import _loadloop  # noqa: PLC0415
+
+    return _loadloop
 
 
 class Failure(Exception):
@@ -212,7 +236,7 @@ class Generator:
             if b0 == 0x81:
                 out.append(data[pos + h:end])
             elif b0 == 0x80 | OP_PING:
-                c.sock.sendall(client_frame(0xA, data[pos + h:end], c.key))
+                self.pong(c, data[pos + h:end])
             elif b0 == 0x80 | OP_CLOSE:
                 code = int.from_bytes(data[pos + h:pos + h + 2], "big") if ln >= 2 else None
                 raise Failure(f"server closed the connection (close code {code}, "
@@ -223,6 +247,9 @@ class Generator:
             pos = end
         c.tail = data[pos:] if pos < n else b""
         return out
+
+    def pong(self, c: Conn, payload: bytes) -> None:
+        c.sock.sendall(client_frame(0xA, payload, c.key))
 
     def on_data(self, c: Conn, data: bytes, now: int, t_start: int, t_end: int) -> int:
         """Account for the replies in ``data``; how many requests to send next."""
@@ -283,7 +310,13 @@ class Generator:
         now = time.monotonic_ns()
         for c in self.conns:
             self.send(c, depth, now)  # bytes the server sent after its 101 stay in c.tail
-        if len(self.conns) == 1:
+        if self.args.engine == "compiled":
+            loop = compiled_loop().Loop(self)
+            try:
+                loop.run(t_start, t_end)
+            finally:
+                loop.close()
+        elif len(self.conns) == 1:
             self._run_one(self.conns[0], t_start, t_end)
         else:
             self._run_many(t_start, t_end)
@@ -379,17 +412,28 @@ class Generator:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
     p.add_argument("--ring", type=int, default=256, help="distinct request ids per connection")
     p.add_argument("--echo-ok", action="store_true",
                    help="accept the request itself as its reply (a plain echo server)")
-    p.add_argument("--latency-file", required=True)
+    p.add_argument("--engine", choices=("compiled", "python"), default="compiled",
+                   help="the measured loop: compiled (_loadloop.pyx, default) or plain Python")
+    p.add_argument("--latency-file")
+    p.add_argument("--build-only", action="store_true",
+                   help="build the compiled loop (cached under build/) and exit")
     args = p.parse_args(argv)
+    if args.build_only:
+        compiled_loop()
+        return 0
+    if args.port is None or args.latency_file is None:
+        p.error("--port and --latency-file are required")
     if args.ring <= 2 * args.depth:
         p.error("--ring must exceed twice --depth")
 
+    if args.engine == "compiled":
+        compiled_loop()  # build before the run, not inside it
     gen = Generator(args)
     gen.connect()
     gc.collect()
@@ -406,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "answered": gen.answered, "sent": gen.sent, "received": gen.received,
         "errors": gen.errors, "error_samples": gen.error_samples,
-        "known_replies": len(gen.known),
+        "known_replies": len(gen.known), "engine": args.engine,
     }), flush=True)
     return 0
 
