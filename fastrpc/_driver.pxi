@@ -324,7 +324,7 @@ cdef class Reactor:
                 for i in range(n):
                     tag = events[i].data.u64
                     if (tag >> 32) == LISTENER_TAG:
-                        self._accept(self.listeners[tag & 0xFFFFFFFF], now)
+                        self._accept(self.listeners[<uint32_t>tag], now)
                         continue
                     s = self.table.get(tag)
                     if s == NULL:

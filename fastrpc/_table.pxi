@@ -181,7 +181,7 @@ cdef class ConnTable:
         return 0
 
     cdef inline Slot* get(self, uint64_t cid) noexcept:
-        cdef uint64_t idx = cid & 0xFFFFFFFF
+        cdef uint64_t idx = <uint32_t>cid  # the low half; a Python-int literal here would box cid
         cdef Slot* s
         if idx >= self.capacity:
             return NULL
@@ -209,7 +209,7 @@ cdef class ConnTable:
         """Free the slot; returns its fd, or -1 for a stale id."""
         cdef Slot* s = self.get(cid)
         cdef int fd
-        cdef uint32_t idx = cid & 0xFFFFFFFF
+        cdef uint32_t idx = <uint32_t>cid
         if s == NULL:
             return -1
         fd = s.fd
