@@ -432,6 +432,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fastrpc-load-") as tmp:
         workdir = Path(tmp)
         for loop in loops:
+            # Every server of this loop runs at once (idle ones cost nothing), and the
+            # repeats go round them: repeat 1 of each scenario on every server, then
+            # repeat 2, ... A slow spell of a shared machine then lands on every server
+            # instead of on all the repeats of one.
+            servers: list[ServerProcess] = []
             for spec in specs:
                 server = ServerProcess(spec, loop, server_cpus, workdir)
                 try:
@@ -446,24 +451,31 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                      "failure": f"server did not start: {last}"})
                     print(f"  {spec.label:28} {loop:8} did not start: {e}", flush=True)
                     continue
-                for sc in scenarios:
-                    reps = []
-                    for _ in range(args.repeat):
-                        if args.wait_quiet:
-                            wait_quiet(args.wait_quiet)
-                        if not server.alive():
-                            row = {"server": spec.name, "label": spec.label, "loop": loop,
-                                   "scenario": sc.key, "valid": False,
-                                   "failure": "server died"}
-                        else:
-                            row = run_scenario(server, sc, args, client_cpus, workdir)
-                        reps.append(row)
-                        print("  " + progress_line(row), flush=True)
-                    rows.append(combine(reps))
-                server.stop()
+                servers.append(server)
+            reps: dict[tuple[str, str], list[dict[str, Any]]] = {
+                (srv.spec.name, sc.key): [] for srv in servers for sc in scenarios}
+            try:
+                for _ in range(args.repeat):
+                    for sc in scenarios:
+                        for server in servers:
+                            if args.wait_quiet:
+                                wait_quiet(args.wait_quiet)
+                            if not server.alive():
+                                row = {"server": server.spec.name, "label": server.spec.label,
+                                       "loop": loop, "scenario": sc.key, "valid": False,
+                                       "failure": "server died"}
+                            else:
+                                row = run_scenario(server, sc, args, client_cpus, workdir)
+                            reps[(server.spec.name, sc.key)].append(row)
+                            print("  " + progress_line(row), flush=True)
+            finally:
+                for server in servers:
+                    server.stop()
+            for server in servers:
+                rows += [combine(reps[(server.spec.name, sc.key)]) for sc in scenarios]
                 extra = server.unexpected_output()
                 if extra:
-                    problems.append(f"{spec.label} on {loop} printed: "
+                    problems.append(f"{server.spec.label} on {loop} printed: "
                                     + " | ".join(extra[:6])[:800])
     for r in rows:
         if r.get("reported"):
@@ -482,7 +494,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "repeat": args.repeat,
                      "clients": args.clients, "wait_quiet_s": args.wait_quiet,
-                     "engine": args.engine,
+                     "engine": args.engine, "interleaved": True,
                      "pinned": server_cpus is not None,
                      "server_cpus": sorted(server_cpus or []),
                      "client_cpus": sorted(client_cpus or [])},
@@ -614,7 +626,9 @@ def render(data: dict[str, Any]) -> str:
           f"{data['settings']['duration_s']:g} s per run"
         + (f"; each scenario run {data['settings']['repeat']} times, the row shows the "
            "run with the median CPU per request (the lower middle one for an even count) "
-           "and, in parentheses, the range."
+           "and, in parentheses, the range"
+           + ("; the repeats went round the servers (all servers of a loop ran at once)."
+              if data["settings"].get("interleaved") else ".")
            if data["settings"].get("repeat", 1) > 1 else "."),
         "",
     ]
