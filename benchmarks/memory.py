@@ -466,7 +466,7 @@ def versions() -> dict[str, str]:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         out["fastrpc"] = rev + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
