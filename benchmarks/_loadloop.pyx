@@ -56,11 +56,6 @@ DEF TAIL_MAX = 65536      # an incomplete frame longer than this: not a JSON-RPC
 DEF MAX_EVENTS = 256
 DEF POLL_MS = 200
 
-# Raised by the per-connection steps; the connection is failed through Generator._fail.
-class Failure(Exception):
-    pass
-
-
 cdef struct CConn:
     int fd
     bint closed
@@ -83,6 +78,7 @@ cdef class Loop:
     """One measured run over ``gen.conns``; ``run(t_start, t_end)`` then ``close()``."""
 
     cdef object gen
+    cdef object Failure      # loadgen.Failure: ends one connection, through gen._fail
     cdef list conns
     cdef dict known
     cdef CConn* cc
@@ -99,6 +95,7 @@ cdef class Loop:
         cdef Py_ssize_t i, r
         cdef CConn* c
         self.gen = gen
+        self.Failure = gen.Failure
         self.conns = [x for x in gen.conns if not x.closed]
         self.known = gen.known
         self.ring = gen.ring
@@ -220,12 +217,12 @@ cdef class Loop:
         cdef long done = 0
         cdef bint in_window = t_start <= now < t_end
         if got == 0:
-            raise Failure("server closed the TCP connection")
+            raise self.Failure("server closed the TCP connection")
         while total - pos >= 2:
             b0 = d[pos]
             b1 = d[pos + 1]
             if b1 & 0x80:
-                raise Failure("server sent a masked frame")
+                raise self.Failure("server sent a masked frame")
             ln = b1
             h = 2
             if ln == 126:
@@ -245,18 +242,12 @@ cdef class Loop:
                 break
             if b0 == 0x81:
                 done += self.reply(c, <const char*>d + pos + h, ln, now, in_window)
-            elif b0 == 0x89:  # ping: answered by the Python half (rare)
-                self.gen.pong(self.conns[i], PyBytes_FromStringAndSize(<const char*>d + pos + h, ln))
-            elif b0 == 0x88:
-                code = (d[pos + h] << 8 | d[pos + h + 1]) if ln >= 2 else None
-                raise Failure(f"server closed the connection (close code {code}, reason "
-                              f"{PyBytes_FromStringAndSize(<const char*>d + pos + h + 2, max(ln - 2, 0))[:80]!r})")
-            elif b0 != 0x8A:  # an unsolicited pong is ignored
-                raise Failure(f"unexpected frame: first byte {b0:#04x} "
-                              "(a JSON-RPC reply is one unfragmented text frame)")
+            else:  # ping, pong, close or a stray frame: the Python half decides (rare)
+                self.gen.control(self.conns[i], b0,
+                                 PyBytes_FromStringAndSize(<const char*>d + pos + h, ln))
             pos = end
         if total - pos > TAIL_MAX:
-            raise Failure("a frame longer than 64 KiB: not a reply to these requests")
+            raise self.Failure("a frame longer than 64 KiB: not a reply to these requests")
         c.tail_len = total - pos
         memcpy(c.tail, d + pos, c.tail_len)
         c.inflight -= done
@@ -273,7 +264,7 @@ cdef class Loop:
         cdef char* p
         for j in range(k):
             if c.sent_at[rid]:
-                raise Failure(f"id {rid} still unanswered after a full ring of {self.ring} requests")
+                raise self.Failure(f"id {rid} still unanswered after a full ring of {self.ring} requests")
             c.sent_at[rid] = now
             if size + c.frame_len[rid] > self.out_cap:
                 p = <char*>realloc(self.out, 2 * (size + c.frame_len[rid]))
@@ -334,7 +325,7 @@ cdef class Loop:
                     return
                 if k:
                     self.send_next(0, k, now)
-        except (Failure, OSError) as e:
+        except (self.Failure, OSError) as e:
             self.fail(0, e)
 
     cdef run_many(self, int64_t t_start, int64_t t_end):
@@ -371,7 +362,7 @@ cdef class Loop:
                         k = self.on_data(i, got, now, t_start, t_end)
                         if k:
                             self.send_next(i, k, now)
-                    except (Failure, OSError) as e:
+                    except (self.Failure, OSError) as e:
                         self.fail(i, e)  # closes the socket: epoll forgets it
                         live -= 1
         finally:

@@ -110,6 +110,8 @@ class Conn:
 
 
 class Generator:
+    Failure = Failure  # what the compiled loop raises and catches, too
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.ring = args.ring
@@ -235,21 +237,24 @@ class Generator:
                 break
             if b0 == 0x81:
                 out.append(data[pos + h:end])
-            elif b0 == 0x80 | OP_PING:
-                self.pong(c, data[pos + h:end])
-            elif b0 == 0x80 | OP_CLOSE:
-                code = int.from_bytes(data[pos + h:pos + h + 2], "big") if ln >= 2 else None
-                raise Failure(f"server closed the connection (close code {code}, "
-                              f"reason {data[pos + h + 2:end][:80]!r})")
-            elif b0 != 0x8A:  # an unsolicited pong is ignored
-                raise Failure(f"unexpected frame: first byte {b0:#04x} "
-                              "(a JSON-RPC reply is one unfragmented text frame)")
+            else:
+                self.control(c, b0, data[pos + h:end])
             pos = end
         c.tail = data[pos:] if pos < n else b""
         return out
 
-    def pong(self, c: Conn, payload: bytes) -> None:
-        c.sock.sendall(client_frame(0xA, payload, c.key))
+    def control(self, c: Conn, b0: int, payload: bytes) -> None:
+        """A frame other than an unfragmented text frame (both engines come here): a
+        ping is answered, a pong ignored, anything else ends the connection."""
+        if b0 == 0x80 | OP_PING:
+            c.sock.sendall(client_frame(0xA, payload, c.key))
+        elif b0 == 0x80 | OP_CLOSE:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            raise Failure(f"server closed the connection (close code {code}, "
+                          f"reason {payload[2:][:80]!r})")
+        elif b0 != 0x8A:  # an unsolicited pong is ignored
+            raise Failure(f"unexpected frame: first byte {b0:#04x} "
+                          "(a JSON-RPC reply is one unfragmented text frame)")
 
     def on_data(self, c: Conn, data: bytes, now: int, t_start: int, t_end: int) -> int:
         """Account for the replies in ``data``; how many requests to send next."""
