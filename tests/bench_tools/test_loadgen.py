@@ -243,6 +243,9 @@ def test_ping_is_answered_and_replies_counted(scripted, tmp_path, engine):
     srv = scripted("ping")
     res, lats = run_loadgen(srv.port, tmp_path, engine, conns=2, depth=2, seconds=0.3)
     assert res["errors"] == 0, res["error_samples"]
+    deadline = time.monotonic() + 5  # the server's threads may still be reading
+    while srv.pongs < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert srv.pongs == 2
     assert res["answered"] > 0 and len(lats) == res["answered"]
 
