@@ -21,8 +21,8 @@ objects, so ``_drain`` sees the same fields either way.
 """
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memmove
-from libc.errno cimport errno, EINTR, EAGAIN
+from libc.string cimport memcpy
+from libc.errno cimport errno, EINTR
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
@@ -89,7 +89,7 @@ cdef class Loop:
     cdef Py_ssize_t out_cap
     cdef int64_t* lat
     cdef Py_ssize_t lat_len, lat_cap
-    cdef public long long answered, received, sent
+    cdef long long answered, received, sent  # handed to the generator by close()
 
     def __cinit__(self, gen):
         cdef Py_ssize_t i, r
@@ -149,7 +149,6 @@ cdef class Loop:
         """Hand the state back to the Conn objects and the generator."""
         cdef Py_ssize_t i, r
         cdef CConn* c
-        from array import array
         for i in range(self.n):
             c = &self.cc[i]
             py = self.conns[i]

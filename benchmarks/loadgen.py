@@ -46,6 +46,7 @@ missing at ``T_STOP``) are counted; ``load.py`` treats a run with any error as i
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -78,9 +79,10 @@ def request_for(rid: int) -> tuple[bytes, Any]:
             rid + 1000)
 
 
+@functools.cache
 def compiled_loop() -> Any:
     """``_loadloop``, the measured loop in C (built by pyximport on first use, cached
-    under build/)."""
+    under build/; imported once per process)."""
     import pyximport  # Cython's; the test extra installs it
 
     build = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "pyxbld")

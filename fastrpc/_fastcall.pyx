@@ -47,6 +47,7 @@ cdef enum:
 SYNC = SYNC_KIND
 
 
+# A reply's and a request's common opening (scan() matches requests against it too).
 cdef const char* HEAD = b'{"jsonrpc":"2.0","id":'
 cdef const char* MID = b',"result":'
 DEF HEAD_LEN = 22
@@ -149,7 +150,6 @@ cdef bint passes(tuple checks, list params, Py_ssize_t n) except -1:
     return True
 
 
-cdef const char* P_ID = b'{"jsonrpc":"2.0","id":'          # 22 bytes
 cdef const char* P_NOID = b'{"jsonrpc":"2.0","method":"'    # 27 bytes
 cdef const char* P_METHOD = b',"method":"'                  # 11 bytes
 cdef const char* P_PARAMS = b'","params":'                  # 11 bytes
@@ -214,8 +214,8 @@ cdef class FastCall:
         cdef object rid, method, params
         if n < 30 or d[n - 1] != 125:  # '}'
             return NOT_SCANNED
-        if memcmp(d, P_ID, 22) == 0:
-            i = 22
+        if memcmp(d, HEAD, HEAD_LEN) == 0:
+            i = HEAD_LEN
             if d[i] == 34:  # a string id
                 j = plain_string(d, i + 1, n)
                 if j < 0:
