@@ -75,6 +75,15 @@ cdef class BufferPool:
     cdef int _reserve_arena(self, int cls) noexcept
     cdef int _check(self, uint32_t handle) noexcept
 
+cdef struct Parsing:
+    # A parse in progress holds its connection's FrameState on the C stack; a chain of
+    # them (nested parses: a callback can resume another connection) lets free_blocks()
+    # give back the blocks of a state that is not in its slot while it is being parsed.
+    FrameState st
+    uint32_t idx              # slot index being parsed
+    uint32_t gen              # its generation; 0 once the slot was freed meanwhile
+    Parsing* outer
+
 cdef class FrameParser:
     cdef FrameState st
     cdef ParserConfig cfg
@@ -83,10 +92,14 @@ cdef class FrameParser:
 # Connection slot states
 cdef enum:
     SLOT_FREE = 0
-    SLOT_HANDSHAKE = 1   # accepted, collecting the HTTP request head
+    SLOT_HANDSHAKE = 1   # HTTP phase: server: collecting a request head (also between
+                         # keep-alive requests); client: collecting the 101 response head
     SLOT_UPGRADING = 2   # head handed to Python, waiting for its answer
     SLOT_OPEN = 3        # WebSocket open
     SLOT_CLOSING = 4     # our close frame is queued or sent; waiting for the peer's
+    SLOT_CONNECTING = 5  # client role: connect() in progress, the upgrade request waits
+    SLOT_HTTP_BODY = 6   # server: collecting a request body of known length (in_block)
+    SLOT_HTTP_WAIT = 7   # server: request handed to Python, its response not yet given
 
 # Slot flags
 cdef enum:
@@ -96,39 +109,44 @@ cdef enum:
     SF_REG_OUT = 8          # EPOLLOUT is registered for fd (output waits in the out chain)
     SF_CLOSE_SENT = 16      # our close frame is queued
     SF_CLOSE_RECV = 32      # the peer's close frame arrived
-    SF_DIRTY = 64           # on the reactor's flush list
+    SF_DIRTY = 64           # on the engine's flush list
     SF_DROP_AFTER_WRITE = 128   # end the connection once the out chain is flushed
     SF_IP_COUNTED = 256     # counted in the per-IP table (upgraded, or added by add())
     SF_LINGER = 512         # refused: answer written, then SHUT_WR; discard input until EOF
     SF_WANT_OUT = 1024      # send() would block: EPOLLOUT wanted until the out chain drains
+    SF_CLIENT = 2048        # client role: frames we send are masked, frames we get are not
+    SF_KEEP_ALIVE = 4096    # HTTP: after the response, read the next request (else close)
 
 cdef struct Slot:
-    # One connection: about 150 bytes of C memory, never a Python object.
-    int32_t fd                # the client socket; -1 while the slot is free
+    # One connection: 72 bytes of C memory, never a Python object. Parser state is not
+    # here: an idle connection (no partial frame) has none; a partial one keeps its
+    # FrameState in a pooled block (`pstate`).
+    int32_t fd                # the client socket; -1 while free (or owned by the caller)
     uint32_t gen              # generation, bumped on every add: ids are gen << 32 | index
-    int32_t next_free         # next free slot index while free; -1 while in use
     uint16_t port             # peer port
     uint8_t state             # SLOT_*
     uint8_t pad0
     uint16_t flags            # SF_*
     uint16_t inflight         # requests handed to Python and not finished
-    uint16_t close_code       # code for on_close once closing (received, or sent on failure)
+    uint16_t close_code       # code for on_close once closing (received, or sent on
+                              # failure); in SLOT_HANDSHAKE (server): request-line check
+                              # progress (see Engine._check_request_line)
     uint16_t pad1
     uint8_t addr[16]          # peer address, IPv4 as ::ffff:a.b.c.d; key of the per-IP count
     uint32_t last_message     # monotonic ms of the last whole message (idle timeout)
     uint32_t last_receive     # monotonic ms of the last bytes received (ping interval)
-    uint32_t ping_sent        # monotonic ms the ping / close was sent, or accept time during handshake
-    uint32_t in_block         # pool handle of unparsed input: the request head while
-                              # SLOT_HANDSHAKE, bytes left over while reading is paused
+    uint32_t ping_sent        # monotonic ms the ping / close was sent, or start of the
+                              # HTTP phase (accept, connect, last keep-alive response)
+    uint32_t in_block         # pool handle of unparsed input: the head while
+                              # SLOT_HANDSHAKE, the body while SLOT_HTTP_BODY, bytes left
+                              # over while reading is paused. While the slot is free:
+                              # the next free slot index (free list)
     uint32_t in_len           # bytes in in_block
-    uint32_t msgs_in          # whole messages received
-    uint32_t msgs_out         # messages sent
-    uint64_t bytes_in         # bytes received on the socket
-    uint64_t bytes_out        # bytes written to the socket
     uint32_t out_head         # first block of pending output; 0 = none
     uint32_t out_tail         # last block of pending output
     uint32_t out_bytes        # bytes of pending output
-    FrameState parser         # the frame parser of this connection
+    uint32_t pstate           # pool handle holding this connection's FrameState while a
+                              # frame or message is partial; 0 = clean (all-zero) state
 
 cdef struct IPEntry:
     uint8_t addr[16]          # the address (IPv4 mapped)
@@ -151,6 +169,7 @@ cdef class ConnTable:
     cdef Slot* get(self, uint64_t cid) noexcept
     cdef int remove_c(self, uint64_t cid) noexcept
     cdef void free_blocks(self, Slot* s) noexcept
+    cdef Parsing* parsing                 # innermost parse in progress (see Engine._frames)
     cdef uint32_t ip_find(self, const uint8_t* addr16) noexcept
     cdef void _ip_dec(self, const uint8_t* addr16) noexcept
     cdef Slot* _slot(self, cid) except NULL

@@ -138,6 +138,9 @@ class FrameParser:
     def close(self) -> None:
         """Return every block this parser holds. Idempotent; ``__dealloc__`` does it too."""
 
+def _mask_keys_left() -> int:
+    """Client mask keys left in this process's buffer (a forked child starts with 0)."""
+
 def encode_frame(
     opcode: int,
     payload: Buffer = b"",
@@ -207,56 +210,61 @@ class ConnTable:
         """Distinct addresses with at least one connection."""
     def touch(self, cid: int, now: int | None = None, *, message: bool = True) -> None:
         """Record activity: any bytes received (``message=False``) or a whole message."""
-    def count_traffic(self, cid: int, bytes_in: int = 0, bytes_out: int = 0, msgs_in: int = 0, msgs_out: int = 0) -> None: ...
     def set_inflight(self, cid: int, n: int) -> None: ...
     def info(self, cid: int) -> dict[str, object]:
         """fd, state, peer (ip text, port), last_message, last_receive, bytes and
         messages in/out, requests in flight, ping outstanding."""
     def mark_ping_sent(self, cid: int, now: int | None = None) -> None: ...
-    def scan(
-        self,
-        now: int | None = None,
-        idle_timeout_ms: int = 0,
-        ping_interval_ms: int = 0,
-        pong_timeout_ms: int = 0,
-    ) -> tuple[list[int], list[int], list[int]]:
-        """One pass over the table: ``(idle, ping_due, dead)`` connection ids.
-
-        idle: no whole message for ``idle_timeout_ms``; ping_due: nothing received for
-        ``ping_interval_ms`` and no ping outstanding (the scan marks the ping as sent);
-        dead: a ping outstanding for ``pong_timeout_ms``. A timeout of 0 disables
-        that check. A connection is in at most one list, checked in that order
-        (idle before dead before ping_due). Reads 4-byte timestamps only; cheap enough for every second over
-        100,000 slots.
-        """
 
 COUNTER_NAMES: Final[tuple[str, ...]]
 
-class Reactor:
-    """The socket-owning I/O driver: the connection table owns every client socket as
-    a descriptor in its slot and in one epoll set, registered once with the running
-    loop. Python sees whole messages and connection events; nothing is allocated per
-    connection beyond its slot.
+HTTP_CLOSE: Final[int]       # on_handshake/on_body action: write the response, close
+HTTP_UPGRADE: Final[int]     # write the 101, switch to WebSocket (True works too)
+HTTP_KEEP_ALIVE: Final[int]  # write the response, read the next request
+HTTP_BODY: Final[int]        # collect a body of `response` bytes, then on_body
+HTTP_DEFER: Final[int]       # answer later with respond(); the connection is not read meanwhile
+
+class Engine:
+    """The connection protocol of both roles, sans-I/O: bytes in, messages and events
+    out (callbacks); messages in, bytes out (``data_to_send``); timers as one sweep
+    over the slots' stamps. ``Reactor`` is this engine over real sockets.
+
+    Roles, per connection: a *server* connection (``open_connection()`` without a
+    request, or accepted by a Reactor) reads masked frames, writes unmasked ones and
+    starts in the HTTP phase; a *client* connection (``open_connection(request=...)``
+    or ``Reactor.connect``) writes frames masked with fresh keys, reads unmasked
+    ones, and starts by sending its upgrade request and reading the 101.
 
     Callbacks (attributes; exceptions are caught, logged, and close the connection
-    concerned with 1011 or answer 500):
+    concerned with 1011, answer 500, or drop a client connection):
 
-    * ``on_handshake(cid, head, ip, port) -> (response, upgrade)``: the complete
-      request head (bytes up to the blank line). ``upgrade=True``: write ``response``
-      (a 101) and switch to frames; otherwise write it, half-close, and drop.
+    * ``on_handshake(cid, head, ip, port) -> (response, action)``: a complete request
+      head. ``action`` is one of ``HTTP_*`` (True/False mean upgrade/close).
+    * ``on_body(cid, body) -> (response, action)``: the body asked for with
+      ``HTTP_BODY``; ``action`` is ``HTTP_CLOSE``, ``HTTP_KEEP_ALIVE`` or ``HTTP_DEFER``.
+    * ``on_response(cid, head) -> bool`` (client role): the server's response head;
+      True opens the connection (the caller checked the 101 and its accept key).
     * ``on_text(cid, payload) -> bytes | None`` and ``on_binary``: one whole message;
       a returned value goes back as one message of the same type.
-    * ``on_close(cid, code)``: an upgraded connection ended (code received, or 1006).
-    * ``on_accept_paused()``: accept hit EMFILE/ENFILE; call ``resume_accept()`` later.
+    * ``on_close(cid, code)``: an upgraded server connection or any client connection
+      ended (code received, or 1006; a client that never opened gets 1006).
+    * ``on_accept_paused()`` (Reactor): accept hit EMFILE/ENFILE; call ``resume_accept()``.
     """
 
     on_handshake: object
+    on_body: object
+    on_response: object
     on_text: object
     on_binary: object
     on_close: object
     on_accept_paused: object
+    http_400: bytes
+    http_431: bytes
+    http_503: bytes
+    http_500: bytes
     max_open: int
     max_pending: int
+    max_clients: int
     max_handshake_size: int
     max_inflight: int
     write_high_water: int
@@ -266,9 +274,14 @@ class Reactor:
     @property
     def pool(self) -> BufferPool: ...
     @property
-    def n_open(self) -> int: ...
+    def n_open(self) -> int:
+        """Upgraded server connections."""
     @property
-    def n_pending(self) -> int: ...
+    def n_pending(self) -> int:
+        """Server connections in the HTTP phase (handshakes, plain HTTP, keep-alive)."""
+    @property
+    def n_clients(self) -> int:
+        """Client connections in any state."""
     @property
     def inflight_total(self) -> int: ...
     def __init__(
@@ -284,24 +297,33 @@ class Reactor:
         max_inflight: int = 64,
         write_high_water: int = 65536,
         max_pending_output: int = 4194304,
+        max_clients: int = 0,
     ) -> None: ...
-    def fileno(self) -> int:
-        """The epoll descriptor."""
-    def attach(self, loop: object) -> None:
-        """``loop.add_reader(epfd, ...)``: the only registration, for all connections."""
-    def detach(self) -> None: ...
-    def add_listener(self, fd: int) -> None: ...
-    def pause_accept(self) -> None: ...
-    def resume_accept(self) -> None: ...
-    def remove_listeners(self) -> None: ...
+    def open_connection(self, ip: str = "127.0.0.1", port: int = 0, request: Buffer | None = None) -> int:
+        """Sans-I/O: add a server connection, or (with ``request``) a client one whose
+        upgrade request is queued now. Raises TableFull when there is no room."""
+    def receive_data(self, cid: int, data: Buffer) -> bool:
+        """Sans-I/O: bytes the peer sent (any split); callbacks run from here. Then
+        call ``data_to_send``. False when ``cid`` is gone."""
+    def receive_eof(self, cid: int) -> bool:
+        """Sans-I/O: the peer closed the connection; the slot is freed."""
+    def data_to_send(self, cid: int) -> bytes:
+        """Sans-I/O: every byte waiting for ``cid``. If the connection ends after them,
+        ``cid`` is no longer in the engine afterwards: write them, then close."""
+    def __contains__(self, cid: object) -> bool: ...
+    def state(self, cid: int) -> int | None:
+        """The slot state (SLOT_* in _core.pxd), or None when ``cid`` is gone."""
     def admission(self, cid: int) -> int:
         """0 admitted, 1 max_open reached, 2 the peer address is at its cap."""
+    def respond(self, cid: int, response: bytes, keep_alive: bool = True) -> bool:
+        """The response to a request answered ``HTTP_DEFER``; with ``keep_alive`` read
+        the next request (bytes already sent are parsed now), else close after it."""
     def send(self, cid: int, data: Buffer, binary: bool = False) -> bool:
-        """Queue one message; written at the end of the batch or on the next loop
-        turn. False when the id is stale or the connection is closing."""
+        """Queue one message (masked in the client role); written at the end of the
+        batch or on the next loop turn. False when the id is stale or closing."""
     def send_many(self, cids: list[int], data: Buffer, max_queued: int, binary: bool = False) -> list[int]:
-        """One frame encoding, written to each id; returns the ids skipped (gone,
-        closing, or pending output would pass ``max_queued``)."""
+        """One frame encoding, written to each server connection; returns the ids
+        skipped (gone, closing, client role, or pending output would pass ``max_queued``)."""
     def begin(self, cid: int) -> None:
         """A request of ``cid`` is in flight; at max_inflight its reading pauses."""
     def end(self, cid: int) -> None: ...
@@ -309,8 +331,8 @@ class Reactor:
         """Start the closing handshake (the peer's close frame, or close_timeout, ends it)."""
     def abort(self, cid: int) -> bool: ...
     def peer(self, cid: int) -> tuple[str, int]: ...
-    def pending_output(self, cid: int) -> int: ...
-    def connections(self) -> list[int]: ...
+    def connections(self) -> list[int]:
+        """Upgraded server connections."""
     def sweep(
         self,
         handshake_timeout_ms: int = 0,
@@ -320,8 +342,30 @@ class Reactor:
         close_timeout_ms: int = 5000,
         now: int | None = None,
     ) -> None:
-        """One pass over the table replacing every per-connection timer."""
+        """One pass over the table replacing every per-connection timer (0 disables a
+        check; the handshake timeout also bounds connects, bodies and keep-alive waits)."""
     def close_all(self, code: int = 1001, reason: str | bytes = ...) -> None: ...
     def abort_all(self) -> None: ...
     def counters_dict(self) -> dict[str, int]: ...
     def __len__(self) -> int: ...
+
+class Reactor(Engine):
+    """The Engine over real sockets: the connection table owns every socket (accepted
+    or connected) as a descriptor in its slot and in one epoll set, registered once
+    with the running loop. Nothing is allocated per connection beyond its slot."""
+
+    def fileno(self) -> int:
+        """The epoll descriptor."""
+    def attach(self, loop: object) -> None:
+        """``loop.add_reader(epfd, ...)``: the only registration, for all connections."""
+    def detach(self) -> None: ...
+    @property
+    def attached(self) -> bool: ...
+    def add_listener(self, fd: int) -> None: ...
+    def pause_accept(self) -> None: ...
+    def resume_accept(self) -> None: ...
+    def remove_listeners(self) -> None: ...
+    def connect(self, ip: str, port: int, request: Buffer) -> int:
+        """Client role: a non-blocking connect to a numeric address; ``request`` is
+        sent once connected and the response head goes to ``on_response``. Raises
+        TableFull past ``max_clients``, OSError when the connect fails at once."""

@@ -9,7 +9,9 @@ Python surface. The sections live in include files, one job each:
   _pool.pxi    BufferPool
   _frames.pxi  frame parser (parse_next) and encoder
   _table.pxi   ConnTable
-  _driver.pxi  Reactor: the epoll I/O driver over the table (the only part doing I/O)
+  _engine.pxi  Engine: the connection protocol of both roles (HTTP phase, frames,
+               out chains, timers), sans-I/O
+  _driver.pxi  Reactor(Engine): the epoll I/O driver (the only part doing I/O)
 """
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -41,4 +43,5 @@ include "_bytes.pxi"
 include "_pool.pxi"
 include "_frames.pxi"
 include "_table.pxi"
+include "_engine.pxi"
 include "_driver.pxi"

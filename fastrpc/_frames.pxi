@@ -426,8 +426,23 @@ cdef uint8_t _keys[4096]
 cdef size_t _keys_pos = sizeof(_keys)
 
 
-cdef const uint8_t* next_mask_key() except NULL:
-    """4 bytes from the OS's strong random source, drawn 4 KiB at a time."""
+cdef void _forget_keys() noexcept nogil:
+    # After fork() parent and child hold the same unused keys: the child draws anew.
+    global _keys_pos
+    _keys_pos = sizeof(_keys)
+
+
+cdef extern from "pthread.h" nogil:
+    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
+                       void (*child)() noexcept nogil)
+
+pthread_atfork(NULL, NULL, _forget_keys)
+
+
+cdef const uint8_t* next_mask_key() noexcept:
+    """4 bytes from the OS's strong random source, drawn 4 KiB at a time (fresh in a
+    forked child). NULL if the source fails (errno says why): the caller must not
+    send an unmasked client frame then."""
     global _keys_pos
     cdef ssize_t got
     cdef size_t filled = 0
@@ -437,11 +452,16 @@ cdef const uint8_t* next_mask_key() except NULL:
             if got < 0:
                 if errno == EINTR:
                     continue
-                raise OSError(errno, "getrandom failed")
+                return NULL
             filled += got
         _keys_pos = 0
     _keys_pos += 4
     return _keys + _keys_pos - 4
+
+
+def _mask_keys_left():
+    """Keys still unused in this process's buffer (tests: a forked child has none)."""
+    return (sizeof(_keys) - _keys_pos) // 4
 
 
 cdef inline size_t write_header(uint8_t* out, uint8_t first, size_t n,
@@ -473,6 +493,8 @@ cdef inline size_t write_header(uint8_t* out, uint8_t first, size_t n,
 cdef bytes build_frame(uint8_t first, const uint8_t* payload, size_t n, bint mask):
     cdef const uint8_t* key = next_mask_key() if mask else NULL
     cdef uint8_t hdr[MAX_HEADER]
+    if mask and key == NULL:
+        raise OSError(errno, "getrandom failed")
     cdef size_t hl = write_header(hdr, first, n, key)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, hl + n)
     cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)

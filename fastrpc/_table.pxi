@@ -75,8 +75,9 @@ cdef class ConnTable:
         self.ips_mask = size - 1
         if self.slots == NULL or self.ips_tab == NULL:
             raise MemoryError()
-        # Free list threaded lazily: next_free == 0 in a zeroed slot means "the slot
-        # after me", so building the list touches no page up front.
+        # Free list threaded lazily through in_block (unused while a slot is free): a
+        # never-used slot (gen 0) means "the slot after me", so building the list
+        # touches no page up front.
         self.free_head = 0
         self.count = 0
         self.n_ips = 0
@@ -144,16 +145,17 @@ cdef class ConnTable:
         s = &self.slots[idx]
         # A never-used slot (gen 0) links implicitly to the next one; never-used slots
         # are handed out in order, so they all lie at `high` and above.
-        self.free_head = s.next_free if s.gen else idx + 1
+        self.free_head = <int32_t>s.in_block if s.gen else idx + 1
         if <uint32_t>idx >= self.high:
             self.high = idx + 1
         gen = s.gen + 1
-        if gen == 0:
+        # 0 marks a never-used slot and 0xFFFFFFFF is the epoll tag of a listener
+        # (LISTENER_TAG): no connection id may carry either.
+        if gen == 0 or gen == 0xFFFFFFFF:
             gen = 1
         memset(s, 0, sizeof(Slot))
         s.gen = gen
         s.fd = fd
-        s.next_free = -1
         memcpy(s.addr, addr16, 16)
         s.port = port
         s.state = SLOT_OPEN
@@ -192,7 +194,18 @@ cdef class ConnTable:
 
     cdef void free_blocks(self, Slot* s) noexcept:
         cdef uint32_t h, nxt
-        release_parser_blocks(&s.parser, self.pool)
+        cdef uint32_t idx = <uint32_t>(s - self.slots)
+        cdef Parsing* p = self.parsing
+        # A parse in progress holds the state on its stack: give back its blocks there.
+        while p != NULL:
+            if p.idx == idx and p.gen == s.gen:
+                release_parser_blocks(&p.st, self.pool)
+                p.gen = 0
+            p = p.outer
+        if s.pstate:
+            release_parser_blocks(<FrameState*>self.pool.ptr(s.pstate), self.pool)
+            self.pool.release_c(s.pstate)
+            s.pstate = 0
         if s.in_block:
             self.pool.release_c(s.in_block)
             s.in_block = 0
@@ -219,7 +232,7 @@ cdef class ConnTable:
         s.state = SLOT_FREE
         s.fd = -1
         s.flags = 0
-        s.next_free = self.free_head
+        s.in_block = <uint32_t>self.free_head
         self.free_head = idx
         self.count -= 1
         return fd
@@ -270,14 +283,6 @@ cdef class ConnTable:
         if message:
             s.last_message = t
 
-    def count_traffic(self, cid, uint64_t bytes_in=0, uint64_t bytes_out=0,
-                      uint32_t msgs_in=0, uint32_t msgs_out=0):
-        cdef Slot* s = self._slot(cid)
-        s.bytes_in += bytes_in
-        s.bytes_out += bytes_out
-        s.msgs_in += msgs_in
-        s.msgs_out += msgs_out
-
     def set_inflight(self, cid, uint16_t n):
         self._slot(cid).inflight = n
 
@@ -294,37 +299,7 @@ cdef class ConnTable:
             "peer": (addr_text(s.addr), s.port),
             "last_message": s.last_message,
             "last_receive": s.last_receive,
-            "bytes_in": s.bytes_in,
-            "bytes_out": s.bytes_out,
-            "messages_in": s.msgs_in,
-            "messages_out": s.msgs_out,
             "inflight": s.inflight,
             "pending_output": s.out_bytes,
             "ping_outstanding": bool(s.flags & SF_PING_SENT),
         }
-
-    def scan(self, now=None, uint32_t idle_timeout_ms=0, uint32_t ping_interval_ms=0,
-             uint32_t pong_timeout_ms=0):
-        cdef uint32_t t = monotonic_ms_c() if now is None else <uint32_t>now
-        cdef uint32_t i, seen = 0
-        cdef Slot* s
-        cdef list idle = [], ping = [], dead = []
-        for i in range(self.high):
-            if seen >= self.count:
-                break
-            s = &self.slots[i]
-            if s.state == SLOT_FREE:
-                continue
-            seen += 1
-            if s.state != SLOT_OPEN:
-                continue
-            if idle_timeout_ms and elapsed(t, s.last_message, idle_timeout_ms):
-                idle.append((<uint64_t>s.gen << 32) | i)
-            elif s.flags & SF_PING_SENT:
-                if pong_timeout_ms and elapsed(t, s.ping_sent, pong_timeout_ms):
-                    dead.append((<uint64_t>s.gen << 32) | i)
-            elif ping_interval_ms and elapsed(t, s.last_receive, ping_interval_ms):
-                s.flags |= SF_PING_SENT
-                s.ping_sent = t
-                ping.append((<uint64_t>s.gen << 32) | i)
-        return idle, ping, dead
