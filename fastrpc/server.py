@@ -111,8 +111,11 @@ class Server:
             write_high_water=limits.write_high_water,
             max_pending_output=limits.max_pending_output,
         )
+        # The parser's own size check must match the core's, or a raised limit still
+        # gets 431 above the parser's default.
         self._policy = HandshakePolicy(
-            allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols)
+            allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols),
+            max_handshake_size=limits.max_handshake_size,
         )
         self._keep_headers = keep_headers
         self._headers: dict[int, list[tuple[str, str]]] = {}
