@@ -60,8 +60,22 @@ class MessageHandler(Protocol):
     def on_close(self, cid: int, code: int) -> None: ...
 
 
+#: ``Reactor.sweep`` cannot turn its close-timeout check off (0 drops at once), so
+#: ``close_timeout=None`` passes the largest uint32: the check then fires only in the one
+#: millisecond every 49.7 days at which the wrapped difference equals it, i.e. practically never.
+CLOSE_WAIT_FOREVER_MS = 2**32 - 1
+
+
 def _ms(seconds: float | None) -> int:
+    """A sweep timeout in ms: None → 0 (the sweep's "check off"); never 0 for a positive value."""
     return 0 if seconds is None else max(1, int(seconds * 1000))
+
+
+def _close_ms(seconds: float | None) -> int:
+    """``close_timeout`` in ms for the sweep: None → wait forever; 0 → drop at the next sweep."""
+    if seconds is None:
+        return CLOSE_WAIT_FOREVER_MS
+    return 0 if seconds == 0 else _ms(seconds)
 
 
 def _rss_bytes() -> int:
@@ -245,7 +259,11 @@ class Server:
         every connection with 1001 (waiting up to close_timeout for the peers' close
         frames), then drop what is left. Returns with the table empty. Call
         ``begin_drain()`` first, some health-check intervals earlier, to let a load
-        balancer see ``/health`` 503 before the port closes."""
+        balancer see ``/health`` 503 before the port closes.
+
+        A timeout of None waits without limit (``drain_timeout=None``: until every
+        request in flight is answered; ``close_timeout=None``: until every peer answered
+        or went away); 0 does not wait."""
         if not self._started:
             return
         self._draining = True
@@ -273,10 +291,11 @@ class Server:
         self.pool.trim()
         self._started = False
 
-    async def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Poll ``done`` until it holds or ``timeout`` seconds pass (None: no limit)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not done() and loop.time() < deadline:
+        deadline = None if timeout is None else loop.time() + timeout
+        while not done() and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> "Server":
@@ -288,11 +307,13 @@ class Server:
     # --- the reaper: one task replaces every per-connection timer -----------------
 
     def _tick(self) -> float:
+        """Seconds between sweeps: a quarter of the shortest timeout, within [0.02, 1]."""
         lim = self.limits
+        # None is off; close_timeout=0 needs no faster sweep (the next one drops).
         timeouts = [
             t
             for t in (lim.handshake_timeout, lim.idle_timeout, lim.ping_interval, lim.pong_timeout, lim.close_timeout)
-            if t
+            if t is not None and t > 0
         ]
         return max(0.02, min([1.0] + [t / 4 for t in timeouts]))
 
@@ -304,7 +325,7 @@ class Server:
             _ms(lim.idle_timeout),
             _ms(lim.ping_interval),
             _ms(lim.pong_timeout),
-            _ms(lim.close_timeout),
+            _close_ms(lim.close_timeout),
         )
         n = 0
         while True:
