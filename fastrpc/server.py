@@ -203,18 +203,15 @@ class Server:
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False, backlog: int = 4096
     ) -> None:
-        """Listen on host:port (port 0 picks a free one: see ``port``) in the running loop."""
+        """Listen on host:port (port 0 picks a free one: see ``port``) in the running loop.
+
+        Raises the process's soft RLIMIT_NOFILE to ``max_connections`` + ``FD_RESERVE``
+        when it is lower and the hard limit allows; ValueError when the hard limit does not."""
         if self._started:
             raise RuntimeError("server already started")
         if self.handler is None:
             raise RuntimeError("no message handler: pass one to Server() or set_handler()")
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and self.limits.max_connections + FD_RESERVE > soft:
-            raise ValueError(
-                f"max_connections={self.limits.max_connections} needs more open files than "
-                f"this process may have (RLIMIT_NOFILE={soft}, {FD_RESERVE} kept in reserve): "
-                "lower max_connections or raise the limit (ulimit -n / resource.setrlimit)"
-            )
+        self._ensure_open_files(self.limits.max_connections + FD_RESERVE)
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
@@ -235,6 +232,27 @@ class Server:
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
         self._started = True
+
+    def _ensure_open_files(self, needed: int) -> None:
+        """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows it (desktops
+        start processes at soft 1,024 under a far higher hard limit, and an unprivileged
+        process may raise its own soft limit up to the hard one); else refuse, changing nothing."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        if hard == resource.RLIM_INFINITY or hard >= needed:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+                log.info("raised the soft RLIMIT_NOFILE from %d to %d for max_connections", soft, needed)
+                return
+            except (ValueError, OSError):  # e.g. above fs.nr_open under an unlimited hard limit
+                pass
+        raise ValueError(
+            f"max_connections={self.limits.max_connections} needs more open files than "
+            f"this process may have (RLIMIT_NOFILE soft {soft}, hard {hard}, {FD_RESERVE} kept "
+            "in reserve): lower max_connections or raise the hard limit (ulimit -Hn, "
+            "limits.conf, systemd LimitNOFILE=)"
+        )
 
     @property
     def port(self) -> int:
