@@ -140,6 +140,8 @@ class Server:
         self._over_rss = False
         self._started = False
         self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0}
+        #: Plain HTTP requests answered 2xx (``/health`` 200): answers, not refusals.
+        self.http_ok = 0
         r = self.reactor
         r.http_431 = too_large()
         r.http_503 = reject(503, "too many connections", [("Retry-After", str(limits.retry_after))])
@@ -407,8 +409,11 @@ class Server:
 
     def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes, bool]:
         d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid))
-        if d.upgrade and self._keep_headers:
-            self._headers[cid] = d.headers
+        if d.upgrade:
+            if self._keep_headers:
+                self._headers[cid] = d.headers
+        elif d.status < 300:
+            self.http_ok += 1
         return d.response, d.upgrade
 
     def _on_close(self, cid: int, code: int) -> None:
@@ -455,10 +460,16 @@ class Server:
         return list(self.reactor.connections())
 
     def metrics(self) -> dict[str, Any]:
-        """Counters (monotonic) and gauges, flat, for logs and Prometheus."""
+        """Counters (monotonic) and gauges, flat, for logs and Prometheus.
+
+        HTTP answers that are not upgrades: ``http_ok`` counts the 2xx ones (``/health``
+        200), ``refused_http`` the errors (4xx/5xx, also ``/health`` 503; a head over
+        ``max_handshake_size`` counts ``handshake_too_large`` instead);
+        ``refused_<reason>`` breaks down the upgrades admission refused."""
         m: dict[str, Any] = dict(self.reactor.counters_dict())
         for k, v in self.refused.items():
             m[f"refused_{k}"] = v
+        m["http_ok"] = self.http_ok
         p = self.pool.stats()
         m.update(
             connections=self.reactor.n_open,
