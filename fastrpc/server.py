@@ -30,7 +30,7 @@ Without a handler the server speaks JSON-RPC 2.0 (``fastrpc.dispatch.Dispatcher`
 
     server.register("chain", ChainService())      # chain_<public method>
     server.topic("chain", "newHeads")             # chain_subscribe("newHeads")
-    server.publish("chain_newHeads", head)         # from anywhere in the process
+    server.publish("chain.newHeads", head)        # "<namespace>.<topic>"; on the loop thread
 """
 from __future__ import annotations
 
