@@ -342,8 +342,10 @@ class Engine:
         close_timeout_ms: int = 5000,
         now: int | None = None,
     ) -> None:
-        """One pass over the table replacing every per-connection timer (0 disables a
-        check; the handshake timeout also bounds connects, bodies and keep-alive waits)."""
+        """One pass over the table replacing every per-connection timer. 0 disables a
+        check, except ``close_timeout_ms``: 0 drops a closing connection at the next
+        sweep (pass 2**32 - 1 to wait "forever"). The handshake timeout also bounds
+        connects, request bodies and keep-alive waits."""
     def close_all(self, code: int = 1001, reason: str | bytes = ...) -> None: ...
     def abort_all(self) -> None: ...
     def counters_dict(self) -> dict[str, int]: ...

@@ -67,7 +67,7 @@ cdef enum:
     C_READ_PAUSES           # reading paused for in-flight requests or pending output
     C_WRITE_WAITS           # send() would block: EPOLLOUT armed
     C_BATCHES               # readiness batches (callbacks from the loop with events)
-    C_HTTP_REQUESTS         # plain HTTP requests answered (any status)
+    C_HTTP_REQUESTS         # plain HTTP requests answered, any status (early 400s and 500s too)
     C_CLIENT_OPENED         # client connections whose 101 was accepted
     C_CLIENT_FAILED         # client connections that ended before their 101
     C_N
@@ -330,6 +330,7 @@ cdef class Engine:
         s.in_len = old + n
         p = <const uint8_t*>self.pool.ptr(nh)
         if not (s.flags & SF_CLIENT) and self._check_request_line(s, p, s.in_len) < 0:
+            self.counters[C_HTTP_REQUESTS] += 1
             self.counters[C_REFUSED_HTTP] += 1
             self._refuse(s, cid, self.http_400)
             return -1
@@ -366,6 +367,8 @@ cdef class Engine:
             _log_exception("on_handshake")
             s = self.table.get(cid)
             if s != NULL:
+                self.counters[C_HTTP_REQUESTS] += 1
+                self.counters[C_REFUSED_HTTP] += 1
                 self._refuse(s, cid, self.http_500)
             return -1
 
@@ -474,6 +477,8 @@ cdef class Engine:
             _log_exception("on_body")
             s = self.table.get(cid)
             if s != NULL:
+                self.counters[C_HTTP_REQUESTS] += 1
+                self.counters[C_REFUSED_HTTP] += 1
                 self._refuse(s, cid, self.http_500)
             return -1
 
@@ -1178,7 +1183,8 @@ cdef class Engine:
         """One pass over the table: drop handshakes past their timeout (connect, 101,
         HTTP request head or body, keep-alive wait), close idle connections with 1001,
         ping quiet ones, drop those whose ping went unanswered and those whose closing
-        handshake timed out. 0 disables a check. A request waiting for its deferred
+        handshake timed out. 0 disables a check, except close_timeout_ms (0: drop at
+        once). A request waiting for its deferred
         response has no timeout here (the JSON-RPC layer's request timeout bounds it)."""
         cdef uint32_t t = monotonic_ms_c() if now is None else <uint32_t>now
         cdef uint32_t i

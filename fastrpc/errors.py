@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 # --- WebSocket close codes (RFC 6455 §7.4.1, IANA registry) ---------------------------
+# The whole registry, also codes fastrpc never sends: the public set to compare
+# ``on_close`` codes and peers' close frames against.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # server stopping, or connection idle past idle_timeout
 CLOSE_PROTOCOL_ERROR = 1002  # malformed frame, bad opcode, RSV bit, unmasked client frame
@@ -23,6 +25,8 @@ CLOSE_MANDATORY_EXTENSION = 1010
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013  # buffer pool exhausted (memory ceiling reached)
+CLOSE_BAD_GATEWAY = 1014
+CLOSE_TLS_HANDSHAKE = 1015  # never sent: "TLS handshake failed"
 
 
 class FastRPCError(Exception):

@@ -1,7 +1,13 @@
 """Every limit fastrpc enforces, with its default, in one frozen dataclass.
 
 Each limit has a counter in ``Server.metrics()`` and a test that drives it past
-the limit. Sizes are bytes, times are seconds. ``None`` disables a timeout.
+the limit. Sizes are bytes, times are seconds.
+
+Timeouts: ``None`` turns a timeout off; every timeout must stay below
+:data:`MAX_TIMEOUT` (the table keeps wrap-safe uint32 millisecond stamps). A 0 is
+refused (ValueError naming the field) where it would be ambiguous (off, or at once?);
+only ``close_timeout`` and ``drain_timeout``, the two waits of ``Server.stop()``, accept
+0, meaning "don't wait".
 """
 from __future__ import annotations
 
@@ -10,6 +16,14 @@ from typing import Any
 
 KiB = 1024
 MiB = 1024 * 1024
+
+#: Upper bound (exclusive) of every timeout, in seconds: far below the 49.7 days at
+#: which the core's uint32 millisecond stamps wrap.
+MAX_TIMEOUT = 24 * 86400
+
+# Timeouts where None is off and 0 is refused; and the two waits where 0 means "don't wait".
+_TIMEOUTS = ("handshake_timeout", "idle_timeout", "ping_interval", "pong_timeout", "request_timeout")
+_WAITS = ("close_timeout", "drain_timeout")
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,8 @@ class Limits:
     max_handshake_size: int = 8 * KiB
     """Bytes of request line plus headers. Past it: 431 and the socket is closed."""
     handshake_timeout: float | None = 10.0
-    """Seconds from accept to a complete request head; then the socket is dropped."""
+    """Seconds from accept to a complete request head; then the socket is dropped.
+    None: no limit; 0 is refused."""
     # --- messages ----------------------------------------------------------------------
     max_message_size: int = 1 * MiB
     """Bytes of one message, all fragments; checked from the frame header → 1009."""
@@ -53,22 +68,30 @@ class Limits:
     """Pending output per connection above which the peer is closed (it does not read)."""
     # --- keepalive ---------------------------------------------------------------------
     idle_timeout: float | None = 300.0
-    """Seconds without a whole message → close 1001."""
+    """Seconds without a whole message → close 1001. None: never; 0 is refused."""
     ping_interval: float | None = 30.0
-    """Seconds without any received byte before the server pings."""
+    """Seconds without any received byte before the server pings. None: no pings;
+    0 is refused."""
     pong_timeout: float | None = 30.0
-    """Seconds a ping may go unanswered → the connection is dropped (1006 for the peer)."""
-    close_timeout: float = 5.0
-    """Seconds to wait for the peer's close frame after ours."""
-    drain_timeout: float = 10.0
-    """Seconds stop() waits for requests in flight before closing with 1001."""
+    """Seconds a ping may go unanswered → the connection is dropped (1006 for the peer).
+    None: wait for the pong forever; 0 is refused."""
+    close_timeout: float | None = 5.0
+    """Seconds to wait for the peer's close frame after ours (in ``stop()`` and for every
+    connection the server closes); then the connection is dropped. None: wait until the
+    peer answers or goes away, as in websockets (a peer that never does keeps its slot,
+    and ``stop()`` waits for it); 0: don't wait, drop right after our close frame
+    (``stop()`` at once, other closes at the reaper's next sweep)."""
+    drain_timeout: float | None = 10.0
+    """Seconds ``stop()`` waits for requests in flight before closing with 1001.
+    None: wait for every request in flight; 0: don't wait."""
     # --- JSON-RPC (issue 4) ------------------------------------------------------------
     max_batch_length: int = 1_000
     """Requests in one batch → one -32600 error answer."""
     max_batch_response_size: int = 25 * MiB
     """Bytes of one batch answer; past it remaining calls get an error."""
     request_timeout: float | None = 30.0
-    """Default seconds one call may run (each service may set its own)."""
+    """Default seconds one call may run (each service may set its own). None: no limit;
+    0 is refused."""
     max_subscriptions: int = 1_024
     """Subscriptions one connection may hold."""
     max_subscriber_queue: int = 4 * MiB
@@ -93,8 +116,14 @@ class Limits:
             raise ValueError("max_pending_output must hold one whole message and its frame header")
         if self.max_message_size >= 2**31:
             raise ValueError("max_message_size must be below 2 GiB")
-        for name in ("idle_timeout", "ping_interval", "pong_timeout", "handshake_timeout"):
+        for name in _TIMEOUTS:
             value = getattr(self, name)
-            # The table keeps uint32 millisecond stamps: intervals must stay far below 49 days.
-            if value is not None and not (0 < value < 24 * 86400):
-                raise ValueError(f"{name} must be None or between 0 and 24 days")
+            if value is not None and not (0 < value < MAX_TIMEOUT):
+                raise ValueError(
+                    f"{name}={value!r}: must be None (off) or more than 0 and less than 24 days"
+                    + (" (0 is ambiguous: use None to turn it off)" if value == 0 else "")
+                )
+        for name in _WAITS:
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < MAX_TIMEOUT):
+                raise ValueError(f"{name}={value!r}: must be None (no limit), 0 (don't wait) or less than 24 days")

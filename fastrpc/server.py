@@ -30,7 +30,7 @@ Without a handler the server speaks JSON-RPC 2.0 (``fastrpc.dispatch.Dispatcher`
 
     server.register("chain", ChainService())      # chain_<public method>
     server.topic("chain", "newHeads")             # chain_subscribe("newHeads")
-    server.publish("chain_newHeads", head)         # from anywhere in the process
+    server.publish("chain.newHeads", head)        # "<namespace>.<topic>"; on the loop thread
 """
 from __future__ import annotations
 
@@ -60,8 +60,22 @@ class MessageHandler(Protocol):
     def on_close(self, cid: int, code: int) -> None: ...
 
 
+#: ``Reactor.sweep`` cannot turn its close-timeout check off (0 drops at once), so
+#: ``close_timeout=None`` passes the largest uint32: the check then fires only in the one
+#: millisecond every 49.7 days at which the wrapped difference equals it, i.e. practically never.
+CLOSE_WAIT_FOREVER_MS = 2**32 - 1
+
+
 def _ms(seconds: float | None) -> int:
+    """A sweep timeout in ms: None → 0 (the sweep's "check off"); never 0 for a positive value."""
     return 0 if seconds is None else max(1, int(seconds * 1000))
+
+
+def _close_ms(seconds: float | None) -> int:
+    """``close_timeout`` in ms for the sweep: None → wait forever; 0 → drop at the next sweep."""
+    if seconds is None:
+        return CLOSE_WAIT_FOREVER_MS
+    return 0 if seconds == 0 else _ms(seconds)
 
 
 def _rss_bytes() -> int:
@@ -111,8 +125,11 @@ class Server:
             write_high_water=limits.write_high_water,
             max_pending_output=limits.max_pending_output,
         )
+        # The parser's own size check must match the core's, or a raised limit still
+        # gets 431 above the parser's default.
         self._policy = HandshakePolicy(
-            allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols)
+            allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols),
+            max_handshake_size=limits.max_handshake_size,
         )
         self._keep_headers = keep_headers
         self._headers: dict[int, list[tuple[str, str]]] = {}
@@ -186,18 +203,15 @@ class Server:
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False, backlog: int = 4096
     ) -> None:
-        """Listen on host:port (port 0 picks a free one: see ``port``) in the running loop."""
+        """Listen on host:port (port 0 picks a free one: see ``port``) in the running loop.
+
+        Raises the process's soft RLIMIT_NOFILE to ``max_connections`` + ``FD_RESERVE``
+        when it is lower and the hard limit allows; ValueError when the hard limit does not."""
         if self._started:
             raise RuntimeError("server already started")
         if self.handler is None:
             raise RuntimeError("no message handler: pass one to Server() or set_handler()")
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and self.limits.max_connections + FD_RESERVE > soft:
-            raise ValueError(
-                f"max_connections={self.limits.max_connections} needs more open files than "
-                f"this process may have (RLIMIT_NOFILE={soft}, {FD_RESERVE} kept in reserve): "
-                "lower max_connections or raise the limit (ulimit -n / resource.setrlimit)"
-            )
+        self._ensure_open_files(self.limits.max_connections + FD_RESERVE)
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
@@ -218,6 +232,27 @@ class Server:
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
         self._started = True
+
+    def _ensure_open_files(self, needed: int) -> None:
+        """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows it (desktops
+        start processes at soft 1,024 under a far higher hard limit, and an unprivileged
+        process may raise its own soft limit up to the hard one); else refuse, changing nothing."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        if hard == resource.RLIM_INFINITY or hard >= needed:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+                log.info("raised the soft RLIMIT_NOFILE from %d to %d for max_connections", soft, needed)
+                return
+            except (ValueError, OSError):  # e.g. above fs.nr_open under an unlimited hard limit
+                pass
+        raise ValueError(
+            f"max_connections={self.limits.max_connections} needs more open files than "
+            f"this process may have (RLIMIT_NOFILE soft {soft}, hard {hard}, {FD_RESERVE} kept "
+            "in reserve): lower max_connections or raise the hard limit (ulimit -Hn, "
+            "limits.conf, systemd LimitNOFILE=)"
+        )
 
     @property
     def port(self) -> int:
@@ -242,7 +277,11 @@ class Server:
         every connection with 1001 (waiting up to close_timeout for the peers' close
         frames), then drop what is left. Returns with the table empty. Call
         ``begin_drain()`` first, some health-check intervals earlier, to let a load
-        balancer see ``/health`` 503 before the port closes."""
+        balancer see ``/health`` 503 before the port closes.
+
+        A timeout of None waits without limit (``drain_timeout=None``: until every
+        request in flight is answered; ``close_timeout=None``: until every peer answered
+        or went away); 0 does not wait."""
         if not self._started:
             return
         self._draining = True
@@ -270,10 +309,11 @@ class Server:
         self.pool.trim()
         self._started = False
 
-    async def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Poll ``done`` until it holds or ``timeout`` seconds pass (None: no limit)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not done() and loop.time() < deadline:
+        deadline = None if timeout is None else loop.time() + timeout
+        while not done() and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> "Server":
@@ -285,11 +325,13 @@ class Server:
     # --- the reaper: one task replaces every per-connection timer -----------------
 
     def _tick(self) -> float:
+        """Seconds between sweeps: a quarter of the shortest timeout, within [0.02, 1]."""
         lim = self.limits
+        # None is off; close_timeout=0 needs no faster sweep (the next one drops).
         timeouts = [
             t
             for t in (lim.handshake_timeout, lim.idle_timeout, lim.ping_interval, lim.pong_timeout, lim.close_timeout)
-            if t
+            if t is not None and t > 0
         ]
         return max(0.02, min([1.0] + [t / 4 for t in timeouts]))
 
@@ -301,7 +343,7 @@ class Server:
             _ms(lim.idle_timeout),
             _ms(lim.ping_interval),
             _ms(lim.pong_timeout),
-            _ms(lim.close_timeout),
+            _close_ms(lim.close_timeout),
         )
         n = 0
         while True:
@@ -413,7 +455,13 @@ class Server:
         return list(self.reactor.connections())
 
     def metrics(self) -> dict[str, Any]:
-        """Counters (monotonic) and gauges, flat, for logs and Prometheus."""
+        """Counters (monotonic) and gauges, flat, for logs and Prometheus.
+
+        HTTP answers that are not upgrades: ``http_requests`` counts them all (``/health``
+        200 included), ``refused_http`` the errors among them (4xx/5xx, also ``/health``
+        503, and a request line answered 400 as it arrives; a head over
+        ``max_handshake_size`` counts ``handshake_too_large`` instead);
+        ``refused_<reason>`` breaks down the upgrades admission refused."""
         m: dict[str, Any] = dict(self.reactor.counters_dict())
         for k, v in self.refused.items():
             m[f"refused_{k}"] = v

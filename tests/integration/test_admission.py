@@ -11,6 +11,7 @@ import json
 import pytest
 from helpers import wait_until, ws_url
 from fastrpc._core import encode_frame
+from fastrpc.limits import KiB
 from rawclient import OP_BINARY, RawWS, http_request, open_socket, read_until_eof, upgrade_request
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -134,6 +135,28 @@ def test_max_handshake_size_431(run, server):
         m = srv.metrics()
         assert m["handshake_too_large"] == 2
         assert m["upgraded"] == 1
+
+    run(body())
+
+
+def test_max_handshake_size_above_8k_default(run, server):
+    """Raising the limit past the 8 KiB default raises it for the whole server: the
+    Python handshake parser must not answer 431 below the core's limit."""
+    async def body():
+        srv = await server(max_handshake_size=16 * KiB, pool_size_classes=(1 * KiB, 8 * KiB, 64 * KiB))
+        for size in (12 * KiB, 16 * KiB):
+            ws = await RawWS.connect_only(srv.port)
+            await ws.send_raw(pad_request(size))
+            assert (await ws.read_handshake()).status == 101, size
+            await ws.send_text("ok")
+            assert await ws.recv() == (1, b"ok")
+            ws.close()
+        resp = await http_request(srv.port, pad_request(16 * KiB + 1))
+        assert resp.status == 431
+        m = srv.metrics()
+        assert m["upgraded"] == 2
+        assert m["handshake_too_large"] == 1
+        assert m["refused_http"] == 0
 
     run(body())
 

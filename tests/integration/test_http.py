@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from rawclient import RawWS, http_request
 
 
@@ -71,7 +72,27 @@ def test_other_http_404_405(run, server):
         assert resp.headers["sec-websocket-version"] == "13"
         m = srv.metrics()
         assert m["refused_http"] == 7
+        assert m["http_requests"] == 7
         assert m["upgraded"] == 0
         assert m["pending_handshakes"] == 0
+
+    run(body())
+
+
+def test_refused_http_counts_only_errors(run, server):
+    """A /health 200 is an answer, not a refusal: ``http_requests`` counts every plain
+    HTTP answer, ``refused_http`` only the error answers."""
+    async def body():
+        srv = await server()
+        resp = await http_request(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert resp.status == 200
+        m = srv.metrics()
+        assert m["http_requests"] == 1
+        assert m["refused_http"] == 0
+        resp = await http_request(srv.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert resp.status == 404
+        m = srv.metrics()
+        assert m["http_requests"] == 2
+        assert m["refused_http"] == 1
 
     run(body())

@@ -150,3 +150,140 @@ def test_stop_with_idle_clients_and_pending_handshakes(run, server):
             await http_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
 
     run(body())
+
+
+# --- None and 0 for the two waits of stop() (Limits docstrings) -------------------------
+
+STOP_WAIT = 15.0  #: bound on any stop(): a bug must fail the test, not hang the suite
+QUIET = 0.5  #: how long "stop() is still waiting" is watched (many reaper sweeps)
+
+
+async def stop_task(srv) -> "asyncio.Task[None]":
+    task = asyncio.create_task(asyncio.wait_for(srv.stop(), STOP_WAIT))
+    await asyncio.sleep(0)  # stop() has begun: listeners closed, the drain started
+    return task
+
+
+def test_stop_drain_timeout_none_waits_for_every_request(run, server):
+    async def body():
+        handler = Slow()
+        srv = await server(handler, drain_timeout=None, handshake_timeout=0.2)
+        handler.srv = srv
+        ws = await RawWS.open(srv.port)
+        await ws.send_text("slow-1")
+        await wait_until(lambda: srv.metrics()["requests_in_flight"] == 1, what="in flight")
+        stopping = await stop_task(srv)
+        await ws.expect_silence(QUIET)  # no close frame while the request runs
+        assert not stopping.done()
+        handler.release = True
+        assert await ws.recv() == (1, b"done:slow-1")
+        assert (await ws.expect_close())[0] == 1001
+        await stopping
+        assert [c for _, c in handler.closes] == [1001]
+        ws.close()
+
+    run(body())
+
+
+def test_stop_drain_timeout_zero_does_not_wait(run, server):
+    async def body():
+        handler = Slow()  # never released
+        srv = await server(handler, drain_timeout=0)
+        handler.srv = srv
+        ws = await RawWS.open(srv.port)
+        await ws.send_text("slow-1")
+        await wait_until(lambda: srv.metrics()["requests_in_flight"] == 1, what="in flight")
+        stopping = await stop_task(srv)
+        # The 1001 comes while the request is still in flight: nothing was waited for.
+        assert (await ws.expect_close())[0] == 1001
+        assert handler.answered == []
+        await stopping
+        ws.close()
+
+    run(body())
+
+
+def test_stop_close_timeout_none_waits_for_the_peers_close_frame(run, server):
+    async def body():
+        handler = Echo()
+        # handshake_timeout only makes the reaper sweep often (every 50 ms) meanwhile.
+        srv = await server(handler, close_timeout=None, handshake_timeout=0.2)
+        mute = await RawWS.open(srv.port)
+        try:
+            stopping = await stop_task(srv)
+            ev = await mute.recv_event()
+            assert ev is not None and ev[0] == OP_CLOSE and mute.close_frame[0] == 1001
+            await asyncio.sleep(QUIET)  # the peer takes its time: neither stop() nor the reaper drops it
+            assert not stopping.done()
+            assert len(srv.reactor) == 1 and srv.metrics()["closed_close_timeout"] == 0
+            await mute.send_close(1001)
+            await mute.expect_eof()
+            await stopping
+        finally:
+            mute.close()  # a failed assertion must not leave stop() waiting on this peer
+        assert [c for _, c in handler.closes] == [1001]
+
+    run(body())
+
+
+def test_stop_close_timeout_zero_drops_without_waiting(run, server):
+    async def body():
+        handler = Echo()
+        srv = await server(handler, close_timeout=0)
+        clients = [await RawWS.open(srv.port) for _ in range(2)]
+        stopping = await stop_task(srv)
+        for ws in clients:
+            # Our close frame is written, then the socket is dropped at once: a peer
+            # that answers (expect_close replies) is not waited for either.
+            code, _ = await ws.expect_close()
+            assert code == 1001
+        await stopping
+        assert [c for _, c in handler.closes] == [1006, 1006]
+        assert srv.metrics()["closed_close_timeout"] == 0  # stop() dropped them, no sweep
+        for ws in clients:
+            ws.close()
+
+    run(body())
+
+
+def test_reaper_close_timeout_none_keeps_a_closing_connection(run, server):
+    async def body():
+        handler = Echo()
+        srv = await server(handler, close_timeout=None, handshake_timeout=0.2)
+        mute = await RawWS.open(srv.port)
+        try:
+            (cid,) = srv.connections()
+            assert srv.close(cid, 1000, "bye")
+            ev = await mute.recv_event()
+            assert ev is not None and ev[0] == OP_CLOSE
+            # A witness the reaper drops after its handshake_timeout: sweeps have run
+            # since our close frame, and none may have dropped the closing connection.
+            witness = await open_socket(srv.port)
+            await wait_until(lambda: srv.metrics()["handshake_timeout"] == 1, what="witness dropped")
+            witness.close()
+            assert len(srv.reactor) == 1 and srv.metrics()["closed_close_timeout"] == 0
+            await mute.send_close(1000)
+            await mute.expect_eof()
+        finally:
+            mute.close()
+        await wait_until(lambda: len(srv.reactor) == 0, what="connection gone")
+        assert srv.metrics()["closed_close_timeout"] == 0
+
+    run(body())
+
+
+def test_reaper_close_timeout_zero_drops_at_the_next_sweep(run, server):
+    async def body():
+        handler = Echo()
+        srv = await server(handler, close_timeout=0, handshake_timeout=0.2)
+        mute = await RawWS.open(srv.port)
+        (cid,) = srv.connections()
+        assert srv.close(cid, 1000, "bye")
+        ev = await mute.recv_event()
+        assert ev is not None and ev[0] == OP_CLOSE
+        await mute.expect_eof()  # never answered: dropped, not waited for
+        assert srv.metrics()["closed_close_timeout"] == 1
+        assert [c for _, c in handler.closes] == [1006]
+        mute.close()
+
+    run(body())
