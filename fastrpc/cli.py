@@ -1,0 +1,58 @@
+"""The ``fastrpc`` command (also ``python -m fastrpc``).
+
+    fastrpc serve module:app [--host 127.0.0.1] [--port 8546] [--workers N] [--loop auto]
+    fastrpc demo [--host 127.0.0.1] [--port 8546]        # the demo node (fastrpc-demo)
+
+``serve`` runs the :class:`~fastrpc.Server` named by ``module:app`` (a Server or a
+factory returning one; see :mod:`fastrpc.workers` for workers, limits per worker,
+stopping and restarts). ``worker`` is what the supervisor starts; not for direct use.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import workers
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8546, help="port (default 8546; 0 picks a free one)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (default: uvloop when installed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fastrpc", description="JSON-RPC 2.0 over WebSocket and HTTP")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve module:app, in one or several worker processes")
+    serve.add_argument("app", help="module:attribute naming a fastrpc.Server or a factory of one")
+    _common(serve)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port with SO_REUSEPORT (default 1: no supervisor)")
+    serve.add_argument("--stop-timeout", type=float, default=30.0,
+                       help="seconds workers get to drain and stop before they are killed (default 30)")
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("app")
+    _common(worker)
+    worker.add_argument("--index", type=int, default=0)
+    demo = sub.add_parser("demo", help="the demo node")
+    _common(demo)
+    args = p.parse_args(argv)
+
+    sys.path.insert(0, os.getcwd())  # module:app is looked up like uvicorn/gunicorn do: from here
+    if args.command == "serve" and args.workers > 1:
+        return workers.Supervisor(args.app, args.host, args.port, args.workers, args.loop,
+                                  args.stop_timeout).run()
+    if args.command == "serve":
+        workers.run_loop(lambda: workers.serve_until_signal(args.app, args.host, args.port), args.loop)
+        return 0
+    if args.command == "worker":
+        workers.run_loop(lambda: workers.serve_until_signal(
+            args.app, args.host, args.port, reuse_port=True, worker=args.index), args.loop)
+        return 0
+    from .demo import run as run_demo
+
+    workers.run_loop(lambda: run_demo(args.host, args.port), args.loop)
+    return 0

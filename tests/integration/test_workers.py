@@ -1,0 +1,182 @@
+"""``fastrpc serve module:app --workers N``: real processes sharing one port with SO_REUSEPORT.
+
+Each test starts the command as a subprocess on 127.0.0.1 (port 0: the supervisor picks
+one and prints it), talks JSON-RPC to it with the websockets client, and signals or
+kills processes. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(90)
+
+
+class Command:
+    """A ``python -m fastrpc ...`` process whose stdout lines are collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastrpc", *args], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern!r}; seen: {self.seen}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.pump.join(10)  # EOF once the process (and any worker holding its stdout) is gone
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def command():
+    started: list[Command] = []
+
+    def start(*args: str) -> Command:
+        c = Command(*args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+def start_workers(command, n: int, app: str = "tests.apps.worker_app:build") -> tuple[Command, int, set[int]]:
+    sup = command("serve", app, "--port", "0", "--workers", str(n), "--loop", "asyncio")
+    port = int(sup.expect(r"serving .* on 127\.0\.0\.1:(\d+) with")[1])
+    pids = {int(sup.expect(r"fastrpc worker listening on 127\.0\.0\.1:%d \(worker \d+, pid (\d+)\)" % port)[1])
+            for _ in range(n)}
+    return sup, port, pids
+
+
+async def call(ws, method: str, *params, rid: int = 1):
+    await ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": list(params)}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply["id"] == rid
+    return reply["result"]
+
+
+async def whoami_over(port: int, n: int) -> list[int]:
+    """``whoami`` over ``n`` fresh connections (the kernel spreads them over the workers)."""
+    async def one() -> int:
+        async with websockets.connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            return await call(ws, "whoami")
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_share_the_port(command):
+    sup, port, pids = start_workers(command, 2)
+    assert len(pids) == 2 and sup.proc.pid not in pids
+    answered = asyncio.run(whoami_over(port, 64))
+    # SO_REUSEPORT hashes each connection to one worker: with 64 both get some.
+    assert set(answered) == pids
+
+
+def test_a_killed_worker_is_restarted(command):
+    sup, port, pids = start_workers(command, 2)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    sup.expect(r"worker \d+ \(pid %d\) exited with -9" % victim)
+    new = int(sup.expect(r"fastrpc worker listening on .* pid (\d+)\)")[1])
+    assert new not in pids
+    answered = asyncio.run(whoami_over(port, 64))
+    assert set(answered) == (pids - {victim}) | {new}
+
+
+def test_sigterm_drains_and_stops_every_worker(command):
+    sup, port, pids = start_workers(command, 2)
+
+    async def body() -> tuple[float, int | None]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "sleep", "params": [1.0]}))
+            await asyncio.sleep(0.2)  # the call is in flight in its worker
+            sup.proc.send_signal(signal.SIGTERM)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed as e:
+                return reply["result"], e.rcvd.code if e.rcvd else None
+            raise AssertionError("the connection stayed open")
+
+    result, code = asyncio.run(body())
+    assert result == 1.0  # the request in flight finished before the close
+    assert code == 1001
+    assert sup.proc.wait(20) == 0
+    sup.expect("fastrpc supervisor stopped")
+    for pid in pids:
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid)
+
+
+def test_an_app_that_cannot_start_stops_the_supervisor(command):
+    sup = command("serve", "tests.apps.no_such_module:app", "--port", "0", "--workers", "2")
+    assert sup.proc.wait(60) == 1
+    sup.expect("failed to start 5 times: giving up", timeout=5)
+
+
+def test_one_worker_runs_in_process(command):
+    sup = command("serve", "tests.apps.worker_app:app", "--port", "0", "--loop", "asyncio")
+    port = int(sup.expect(r"fastrpc worker listening on 127\.0\.0\.1:(\d+)$")[1])
+    assert asyncio.run(whoami_over(port, 4)) == [sup.proc.pid] * 4
+    sup.proc.send_signal(signal.SIGINT)
+    assert sup.proc.wait(20) == 0
+
+
+def test_bad_app_specs():
+    from fastrpc.workers import load_app
+
+    with pytest.raises(ValueError):
+        load_app("no_colon")
+    with pytest.raises(TypeError):
+        load_app("os:sep")  # a str, not a Server
+    assert load_app("tests.apps.worker_app:build").__class__.__name__ == "Server"
