@@ -1210,3 +1210,128 @@ class TestRFC6455_7_ClosingHandshake:
             with pytest.raises(ValueError):
                 link.s.engine.close(link.scid, code)
             assert link.s.engine.state(link.scid) == OPEN
+
+
+# --- every byte split ---------------------------------------------------------------------
+
+# One whole exchange per role: the opening head, then data frames of each kind and length
+# form, a message fragmented across three frames with a UTF-8 character cut between two
+# of them and a ping between fragments, empty payloads, and the close.
+def exchange_frames(mask: bool) -> list[bytes]:
+    def f(opcode, payload=b"", fin=True, k=0):
+        return ref_encode(opcode, payload, fin=fin, mask_key=KEYS[k % 4] if mask else None)
+    return [
+        f(OP_TEXT, b"hello", k=0),
+        f(OP_BINARY, pattern(126), k=1),
+        f(OP_TEXT, b"fr\xc3", fin=False, k=2),
+        f(OP_PING, b"mid", k=3),
+        f(OP_CONTINUATION, b"\xa9g\xe2\x82", fin=False, k=0),
+        f(OP_CONTINUATION, b"\xacment", k=1),
+        f(OP_TEXT, b"", k=2),
+        f(OP_TEXT, "é€😀".encode(), k=3),
+        f(OP_PING, b"", k=0),
+        f(OP_BINARY, pattern(100), fin=False, k=1),
+        f(OP_CONTINUATION, pattern(100, 1), fin=False, k=2),
+        f(OP_CONTINUATION, pattern(100, 2), k=3),
+        f(OP_CLOSE, close_payload(1000, b"done"), k=0),
+    ]
+
+
+EXCHANGE_MESSAGES = [
+    ("text", b"hello"), ("binary", pattern(126)), ("text", "frég€ment".encode()), ("text", b""),
+    ("text", "é€😀".encode()), ("binary", pattern(100) + pattern(100, 1) + pattern(100, 2)),
+]
+# What the peer sends back: each message echoed (reply), the pongs, the close echo.
+EXCHANGE_ANSWERS = [
+    (OP_TEXT, b"hello"), (OP_BINARY, pattern(126)), (OP_PONG, b"mid"),
+    (OP_TEXT, "frég€ment".encode()), (OP_TEXT, b""), (OP_TEXT, "é€😀".encode()), (OP_PONG, b""),
+    (OP_BINARY, pattern(100) + pattern(100, 1) + pattern(100, 2)), (OP_CLOSE, close_payload(1000)),
+]
+SERVER_INPUT = UPGRADE_REQUEST + b"".join(exchange_frames(mask=True))
+CLIENT_INPUT = RESPONSE_101 + b"".join(exchange_frames(mask=False))
+
+
+def echo(cid, payload):
+    return payload
+
+
+def run_server(chunks) -> tuple[list, bytes]:
+    """Feed the chunks to a fresh server connection; its events and everything it wrote."""
+    p = Peer()
+    p.reply = echo
+    cid = p.engine.open_connection()
+    out = bytearray()
+    for chunk in chunks:
+        p.engine.receive_data(cid, chunk)
+        out += p.engine.data_to_send(cid)
+    assert len(p.engine) == 0 and p.pool.bytes_in_use == 0
+    return [e[:1] + e[2:] for e in p.events], bytes(out)
+
+
+def run_client(chunks) -> tuple[list, list[Wire]]:
+    p = Peer(client=True)
+    p.reply = echo
+    cid = p.engine.open_connection(request=UPGRADE_REQUEST)
+    assert p.engine.data_to_send(cid) == UPGRADE_REQUEST
+    out = bytearray()
+    for chunk in chunks:
+        p.engine.receive_data(cid, chunk)
+        out += p.engine.data_to_send(cid)
+    assert len(p.engine) == 0 and p.pool.bytes_in_use == 0
+    return [e[:1] + e[2:] for e in p.events], wire_frames(out)
+
+
+def splits(data: bytes, cuts) -> list[bytes]:
+    cuts = [0, *sorted(set(cuts)), len(data)]
+    return [data[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+class TestEveryByteSplit:
+    """Whole delivery, a split at every byte position, byte by byte, and random splits
+    all give the same events and the same bytes back."""
+
+    SERVER_EVENTS = [("handshake", UPGRADE_REQUEST), *EXCHANGE_MESSAGES, ("close", 1000)]
+    SERVER_OUTPUT = RESPONSE_101 + b"".join(unmasked(op, pl) for op, pl in EXCHANGE_ANSWERS)
+    CLIENT_EVENTS = [("response", RESPONSE_101), *EXCHANGE_MESSAGES, ("close", 1000)]
+
+    def check_client(self, events, frames):
+        assert events == self.CLIENT_EVENTS
+        assert [(f.opcode, f.payload) for f in frames] == EXCHANGE_ANSWERS
+        assert all(f.fin and f.mask is not None for f in frames)
+
+    def test_server_whole(self):
+        assert run_server([SERVER_INPUT]) == (self.SERVER_EVENTS, self.SERVER_OUTPUT)
+
+    def test_server_split_at_every_byte(self):
+        for i in range(1, len(SERVER_INPUT)):
+            got = run_server(splits(SERVER_INPUT, [i]))
+            assert got == (self.SERVER_EVENTS, self.SERVER_OUTPUT), f"split at {i}"
+
+    def test_server_byte_by_byte(self):
+        assert run_server(splits(SERVER_INPUT, range(len(SERVER_INPUT)))) == \
+            (self.SERVER_EVENTS, self.SERVER_OUTPUT)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.integers(1, len(SERVER_INPUT) - 1), max_size=12))
+    def test_server_random_splits(self, cuts):
+        assert run_server(splits(SERVER_INPUT, cuts)) == (self.SERVER_EVENTS, self.SERVER_OUTPUT)
+
+    @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+    def test_server_buffer_types(self, kind):
+        assert run_server([kind(c) for c in splits(SERVER_INPUT, [60, 200, 401])]) == \
+            (self.SERVER_EVENTS, self.SERVER_OUTPUT)
+
+    def test_client_whole(self):
+        self.check_client(*run_client([CLIENT_INPUT]))
+
+    def test_client_split_at_every_byte(self):
+        for i in range(1, len(CLIENT_INPUT)):
+            self.check_client(*run_client(splits(CLIENT_INPUT, [i])))
+
+    def test_client_byte_by_byte(self):
+        self.check_client(*run_client(splits(CLIENT_INPUT, range(len(CLIENT_INPUT)))))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.integers(1, len(CLIENT_INPUT) - 1), max_size=12))
+    def test_client_random_splits(self, cuts):
+        self.check_client(*run_client(splits(CLIENT_INPUT, cuts)))
