@@ -1335,3 +1335,230 @@ class TestEveryByteSplit:
     @given(st.lists(st.integers(1, len(CLIENT_INPUT) - 1), max_size=12))
     def test_client_random_splits(self, cuts):
         self.check_client(*run_client(splits(CLIENT_INPUT, cuts)))
+
+
+# --- the parser state out of the slot -------------------------------------------------------
+#
+# A slot is 72 bytes and holds no parser state; while parsing, the FrameState lives on
+# the C stack, and it goes to a pooled block (pstate) only when a frame or message is
+# left partial. With SMALL_CLASSES the accounting is exact: the state takes a 64-byte
+# block, a control payload in progress a 256-byte one (125 bytes asked), a message the
+# block of its size so far plus the current frame's declared length.
+
+F1000 = masked(OP_TEXT, text(1000))  # header: 2 + 2 (length) + 4 (key) = 8 bytes
+PING100 = masked(OP_PING, pattern(100))
+FRAG1 = masked(OP_TEXT, text(300), fin=False)
+FRAG_END = masked(OP_CONTINUATION, text(10, 1))
+STATE = 64  # block(pool, FRAME_STATE_SIZE) with SMALL_CLASSES
+
+# name: (bytes leaving something partial, the rest of the current frame, bytes in use)
+PARTIALS = {
+    "one header byte": (F1000[:1], F1000[1:], STATE),
+    "half a header": (F1000[:5], F1000[5:], STATE),
+    "a whole header": (F1000[:8], F1000[8:], STATE + 1024),
+    "mid payload": (F1000[:500], F1000[500:], STATE + 1024),
+    "all but one byte": (F1000[:-1], F1000[-1:], STATE + 1024),
+    "half a ping": (PING100[:50], PING100[50:], STATE + 256),
+    "an open fragmented message": (FRAG1, b"", STATE + 1024),
+    "a fragmented message and half a ping": (FRAG1 + PING100[:50], PING100[50:], STATE + 1024 + 256),
+}
+
+
+class TestParserStateOutOfTheSlot:
+    def test_slot_size(self):
+        assert _core.SLOT_SIZE == 72
+        assert block(small_pool(), _core.FRAME_STATE_SIZE) == STATE
+
+    def test_an_idle_open_connection_holds_no_block(self, peer):
+        p = peer(pool=small_pool())
+        cids = [upgrade(p) for _ in range(8)]
+        assert len(cids) == p.engine.n_open == 8
+        assert p.pool.bytes_in_use == 0
+
+    @pytest.mark.parametrize("n", LENGTHS)
+    def test_a_whole_message_leaves_no_block(self, peer, n):
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+        p.engine.receive_data(cid, masked(OP_TEXT, text(n)) + masked(OP_BINARY, pattern(n)))
+        assert p.of("text") == [(cid, text(n))] and p.of("binary") == [(cid, pattern(n))]
+        assert p.pool.bytes_in_use == 0
+        p.reply = echo  # the replies wait in the out chain until pulled
+        p.engine.receive_data(cid, masked(OP_TEXT, text(n)))
+        assert p.pool.bytes_in_use > 0
+        assert p.engine.data_to_send(cid) == unmasked(OP_TEXT, text(n))
+        assert p.pool.bytes_in_use == 0
+
+    @pytest.mark.parametrize("name", list(PARTIALS))
+    def test_a_partial_frame_holds_blocks_until_it_completes(self, peer, name):
+        prefix, rest, in_use = PARTIALS[name]
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+        p.engine.receive_data(cid, prefix)
+        assert p.pool.bytes_in_use == in_use
+        p.engine.receive_data(cid, rest + (FRAG_END if FRAG1 in prefix else b""))
+        out = wire_frames(p.engine.data_to_send(cid))  # a pong, for a ping
+        assert p.pool.bytes_in_use == 0
+        assert [f.opcode for f in out] == ([OP_PONG] if PING100[50:] in rest else [])
+        assert len(p.of("text")) == (0 if prefix == PING100[:50] else 1)
+
+    def test_a_fragmented_message_across_many_receive_data_calls(self, peer):
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+        n = 20
+        whole = b""
+        for k in range(n):
+            payload = text(50, k)
+            whole += payload
+            frame = masked(OP_TEXT if k == 0 else OP_CONTINUATION, payload, fin=k == n - 1,
+                           key=KEYS[k % 4])
+            p.engine.receive_data(cid, frame[:1])
+            assert p.pool.bytes_in_use == STATE + (block(p.pool, 50 * k) if k else 0)
+            p.engine.receive_data(cid, frame[1:20])
+            assert p.pool.bytes_in_use == STATE + block(p.pool, 50 * (k + 1))
+            p.engine.receive_data(cid, frame[20:])
+            if k < n - 1:
+                assert p.pool.bytes_in_use == STATE + block(p.pool, 50 * (k + 1))
+                assert p.of("text") == []
+        assert p.of("text") == [(cid, whole)]
+        assert p.pool.bytes_in_use == 0
+
+
+def drop_by(how: str, p: Peer, cid: int, rest: bytes) -> int:
+    """End a connection one way; the on_close code expected."""
+    e = p.engine
+    if how == "eof":
+        assert e.receive_eof(cid)
+    elif how == "abort":
+        assert e.abort(cid)
+    elif how == "abort_all":
+        e.abort_all()
+    elif how == "pong timeout":
+        e.table.mark_ping_sent(cid, 0)
+        e.sweep(pong_timeout_ms=1, now=1)
+    elif how == "close timeout":
+        assert e.close(cid)
+        assert close_of(e.data_to_send(cid)) == (1000, b"")
+        e.table.mark_ping_sent(cid, 0)
+        e.sweep(close_timeout_ms=1, now=1)
+    elif how == "close_all, then the peer's close":
+        e.close_all()
+        assert close_of(e.data_to_send(cid)) == (1001, b"server shutting down")
+        e.receive_data(cid, rest + masked(OP_CLOSE, close_payload(1001)))
+        assert e.data_to_send(cid) == b""  # (a pong, if any, is not sent once closing)
+        return 1001
+    else:
+        raise AssertionError(how)
+    return 1006
+
+
+DROPS = ["eof", "abort", "abort_all", "pong timeout", "close timeout",
+         "close_all, then the peer's close"]
+
+
+class TestNoBlockOutlivesItsConnection:
+    @pytest.mark.parametrize("how", DROPS)
+    @pytest.mark.parametrize("name", list(PARTIALS))
+    def test_dropped_while_a_frame_is_partial(self, peer, name, how):
+        prefix, rest, in_use = PARTIALS[name]
+        p = peer(pool=small_pool())
+        other = upgrade(p)
+        cid = upgrade(p)
+        p.engine.receive_data(cid, prefix)
+        assert p.pool.bytes_in_use == in_use
+        code = drop_by(how, p, cid, rest)
+        assert cid not in p.engine
+        assert (cid, code) in p.of("close")
+        p.engine.data_to_send(other)  # close_all closed it too: its close frame waits
+        assert p.pool.bytes_in_use == 0
+
+    @pytest.mark.parametrize("tail", [b"", masked(OP_TEXT, b"second"), FRAG1, F1000[:500],
+                                      masked(OP_TEXT, b"second") + FRAG1])
+    def test_a_handler_aborting_its_own_connection_mid_batch(self, peer, tail):
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+        p.hooks[b"first"] = p.engine.abort
+        p.engine.receive_data(cid, masked(OP_TEXT, b"first") + tail)
+        assert p.events[-2:] == [("close", cid, 1006), ("text", cid, b"first")]
+        assert b"second" not in [e[-1] for e in p.events]
+        assert cid not in p.engine and p.pool.bytes_in_use == 0
+
+    @pytest.mark.parametrize("end", ["eof", "the peer's close"])
+    def test_a_handler_closing_its_own_connection_mid_batch(self, peer, end):
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+        p.hooks[b"first"] = lambda c: p.engine.close(c, 4000)
+        p.engine.receive_data(cid, masked(OP_TEXT, b"first") + masked(OP_TEXT, b"second") + FRAG1)
+        assert p.of("text") == [(cid, b"first")]  # data after our close frame is dropped
+        assert close_of(p.engine.data_to_send(cid)) == (4000, b"")
+        assert p.pool.bytes_in_use == STATE + 1024  # the open fragment, until the end
+        if end == "eof":
+            p.engine.receive_eof(cid)
+            assert p.of("close") == [(cid, 1006)]
+        else:
+            p.engine.receive_data(cid, FRAG_END + masked(OP_CLOSE, close_payload(4000)))
+            assert p.of("close") == [(cid, 4000)]
+        assert p.of("text") == [(cid, b"first")]
+        assert cid not in p.engine and p.pool.bytes_in_use == 0
+
+    def test_a_handler_raising_mid_batch(self, peer, caplog):
+        p = peer(pool=small_pool())
+        cid = upgrade(p)
+
+        def boom(c):
+            raise ValueError("handler bug")
+
+        p.hooks[b"first"] = boom
+        p.engine.receive_data(cid, masked(OP_TEXT, b"first") + masked(OP_TEXT, b"second") + FRAG1)
+        assert p.of("text") == []
+        assert close_of(p.engine.data_to_send(cid)) == (1011, b"internal error")
+        assert p.counter("closed_handler_error") == 1 and "message handler" in caplog.text
+        p.engine.receive_eof(cid)
+        assert p.of("close") == [(cid, 1006)] and p.pool.bytes_in_use == 0
+
+    def test_a_handler_aborting_another_connection_with_a_partial_frame(self, peer):
+        p = peer(pool=small_pool())
+        a, b = upgrade(p), upgrade(p)
+        p.engine.receive_data(b, FRAG1 + PING100[:50])
+        assert p.pool.bytes_in_use == STATE + 1024 + 256
+        p.hooks[b"drop b"] = lambda c: p.engine.abort(b)
+        p.engine.receive_data(a, masked(OP_TEXT, b"drop b") + masked(OP_TEXT, b"after"))
+        assert p.events[-3:] == [("close", b, 1006), ("text", a, b"drop b"), ("text", a, b"after")]
+        assert b not in p.engine and p.engine.state(a) == OPEN
+        assert p.pool.bytes_in_use == 0
+        assert p.engine.receive_data(b, PING100[50:]) is False  # the stale id reaches nothing
+
+    def test_a_drop_while_the_state_is_on_the_stack(self, peer):
+        """The pong of the second ping passes max_pending_output: the connection is dropped
+        (slow reader) from inside the parse, while its state, holding the open message's
+        block, is on the stack: that block is given back before on_close runs."""
+        p = peer(pool=small_pool(), max_pending_output=200)
+        cid = upgrade(p)
+        seen = []
+        p.engine.on_close = lambda c, code: seen.append((c, code, p.pool.bytes_in_use))
+        ping = masked(OP_PING, pattern(125))
+        p.engine.receive_data(cid, FRAG1 + ping + ping + FRAG_END)
+        assert seen == [(cid, 1006, 0)]
+        assert p.counter("closed_slow_reader") == 1
+        assert cid not in p.engine and p.pool.bytes_in_use == 0
+
+    def test_a_nested_parse_aborts_the_outer_connection(self, peer):
+        """a's handler resumes b (end()), whose kept input is parsed inside a's parse; b's
+        handler aborts a: a's parse, on the stack below, must stop and leak nothing."""
+        p = peer(pool=small_pool(), max_inflight=1)
+        e = p.engine
+        a, b = upgrade(p), upgrade(p)
+        p.hooks[b"pause"] = e.begin  # b reaches max_inflight: reading pauses
+        p.hooks[b"resume b"] = lambda c: e.end(b)
+        p.hooks[b"kill a"] = lambda c: e.abort(a)
+        kept = masked(OP_TEXT, b"kill a") + FRAG1
+        e.receive_data(b, masked(OP_TEXT, b"pause") + kept)
+        assert p.events[-1] == ("text", b, b"pause")
+        assert p.pool.bytes_in_use == block(p.pool, len(kept))  # kept, not parsed
+        assert p.counter("read_pauses") == 1
+        e.receive_data(a, masked(OP_TEXT, b"resume b") + masked(OP_TEXT, b"never"))
+        assert p.events[-3:] == [("close", a, 1006), ("text", b, b"kill a"), ("text", a, b"resume b")]
+        assert a not in e and e.state(b) == OPEN
+        assert p.pool.bytes_in_use == STATE + 1024  # b's open fragment, in its pstate
+        e.receive_data(b, FRAG_END)
+        assert p.events[-1] == ("text", b, text(300) + text(10, 1))
+        assert p.pool.bytes_in_use == 0
