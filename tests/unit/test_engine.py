@@ -1893,3 +1893,169 @@ class TestResponseObjects:
                            text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
         assert r.stdout in ("same", "500"), r.stdout
+
+
+# --- the request line, checked as it arrives ---------------------------------------------
+#
+# The loose grammar of Engine._check_request_line, written here as a regular expression
+# over what has arrived so far: a method of 1-32 tchars (RFC 9110 §5.6.2), SP, a target of
+# visible ASCII, SP, a version of "HTTP/0123456789." characters, CRLF; after the CRLF
+# nothing more is checked (the Python parser has the last word).
+_M = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_T = rb"[\x21-\x7e]"
+_V = rb"[HTP/0-9.]"
+LINE_SO_FAR = re.compile(rb"\A(?:%s{0,32}|%s{1,32} %s*(?: %s*(?:\r(?:\n[\s\S]*)?)?)?)\Z"
+                         % (_M, _M, _T, _V))
+
+
+def line_ok_so_far(data: bytes) -> bool:
+    return LINE_SO_FAR.match(data) is not None
+
+
+def first_bad(data: bytes) -> int | None:
+    """Bytes up to and including the first one that makes the line invalid."""
+    for k in range(1, len(data) + 1):
+        if not line_ok_so_far(data[:k]):
+            return k
+    return None
+
+
+class TestRFC9112_3_RequestLine:
+    """Bytes that cannot be an HTTP request line are answered 400 as they arrive, before
+    any head is complete and without calling on_handshake; a valid line is never refused
+    early, whatever the split."""
+
+    def test_the_reference_grammar(self):
+        ok = [b"", b"G", b"GET", b"GET ", b"GET /", b"GET / ", b"GET / HTTP/1.1", b"GET / HTTP/1.1\r",
+              b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\n\x00 anything", b"A" * 32 + b" ", b"OPTIONS * H"]
+        bad = [b" ", b"\r", b"\r\n", b"A" * 33, b"GE\x00", b"GET \x01", b"GET / HTTP/1.1x",
+               b"GET / HTTP/1.1\rX", b"GET /\r\n", b"G(", b"\x16\x03\x01"]
+        assert all(line_ok_so_far(d) for d in ok)
+        assert not any(line_ok_so_far(d) for d in bad)
+
+    def feed(self, p: Peer, cid: int, chunks) -> list[bytes]:
+        outs = []
+        for chunk in chunks:
+            p.engine.receive_data(cid, chunk)
+            outs.append(p.engine.data_to_send(cid))
+        return outs
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_random_bytes_are_refused_at_once(self, peer, seed):
+        data = random.Random(seed).randbytes(4096)
+        while b"\r\n" in data:
+            data = data.replace(b"\r\n", b"\r_")
+        k = first_bad(data)
+        assert k is not None
+        for chunk_size in (4096, 64, 1):
+            p = peer()
+            p.http = answer_by_path(404, HTTP_CLOSE)
+            cid = p.engine.open_connection()
+            outs = self.feed(p, cid, splits(data, range(chunk_size, len(data), chunk_size)))
+            at = (k - 1) // chunk_size  # the chunk carrying the first bad byte
+            assert outs[:at] == [b""] * at
+            assert outs[at] == p.engine.http_400
+            assert cid not in p.engine and all(o == b"" for o in outs[at + 1:])
+            assert p.events == [] and p.counter("refused_http") == 1
+
+    @pytest.mark.parametrize("data", [b"\r\n", b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                      b"\n", b" GET / HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00"])
+    def test_a_leading_crlf_or_other_non_token_is_refused(self, peer, data):
+        p = peer()
+        cid = p.engine.open_connection()
+        p.engine.receive_data(cid, data)
+        assert p.engine.data_to_send(cid) == p.engine.http_400
+        assert p.events == []
+
+    def test_method_length(self, peer):
+        p = peer()
+        p.http = answer_by_path(405, HTTP_CLOSE)
+        cid = p.engine.open_connection()
+        p.engine.receive_data(cid, b"M" * 32 + b" / HTTP/1.1\r\n\r\n")
+        assert p.engine.data_to_send(cid) == http_response(405, b"/")
+        cid = p.engine.open_connection()
+        p.engine.receive_data(cid, b"M" * 33)  # refused before the rest arrives
+        assert p.engine.data_to_send(cid) == p.engine.http_400
+        assert len(p.of("handshake")) == 1
+
+    @pytest.mark.parametrize("line", [
+        UPGRADE_REQUEST,
+        b"OPTIONS * HTTP/1.1\r\n\r\n",
+        b"GET http://x.example:8080/a/b?c=d&e=%20#f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"M-SEARCH * HTTP/1.1\r\n\r\n",
+        b"X" * 32 + b" /" + b"~" * 500 + b" HTTP/1.1\r\n\r\n",
+        b"GET  HTTP/1.1\r\n\r\n",  # loose: an empty target is left to the Python parser
+    ])
+    def test_a_valid_line_fed_byte_by_byte_is_never_refused_early(self, peer, line):
+        p = peer()
+        p.http = answer_by_path(200, HTTP_CLOSE)
+        cid = p.engine.open_connection()
+        outs = self.feed(p, cid, [line[i:i + 1] for i in range(len(line))])
+        assert outs[:-1] == [b""] * (len(line) - 1)
+        assert p.of("handshake") == [(cid, line)]
+        assert outs[-1].startswith(b"HTTP/1.1 200")
+
+    def test_every_prefix_of_a_request_line_is_accepted_so_far(self, peer):
+        line = b"GET / HTTP/1.1\r\n"
+        for k in range(len(line) + 1):
+            p = Peer()
+            cid = p.engine.open_connection()
+            p.engine.receive_data(cid, line[:k])
+            assert p.engine.data_to_send(cid) == b"" and p.engine.state(cid) == HANDSHAKE, k
+            # The same prefix and one byte that cannot follow: refused (but after the line,
+            # where nothing is checked any more).
+            p.engine.receive_data(cid, b"\x00")
+            out = p.engine.data_to_send(cid)
+            assert out == (b"" if k == len(line) else p.engine.http_400), k
+
+    def test_cr_and_lf_in_separate_reads(self, peer):
+        p = peer()
+        p.http = answer_by_path(204, HTTP_CLOSE)
+        cid = p.engine.open_connection()
+        assert self.feed(p, cid, [b"GET / HTTP/1.1\r", b"\n", b"Host: x\r\n\r", b"\n"])[-1] == \
+            http_response(204, b"/")
+        cid = p.engine.open_connection()
+        assert self.feed(p, cid, [b"GET / HTTP/1.1\r", b"X"]) == [b"", p.engine.http_400]
+
+    def test_a_line_past_16_kib_is_left_to_the_head_limit(self, peer):
+        p = peer(max_handshake_size=32 * KiB)
+        p.http = answer_by_path(414, HTTP_CLOSE)
+        cid = p.engine.open_connection()
+        bad_early = b"GET /" + b"a" * 16_000 + b"\x01"
+        assert self.feed(p, cid, splits(bad_early, range(1000, len(bad_early), 1000)))[-1] == \
+            p.engine.http_400
+        cid = p.engine.open_connection()
+        late = b"GET /" + b"a" * 16_400 + b"\x01 HTTP/1.1\r\n\r\n"  # past the 14-bit position
+        outs = self.feed(p, cid, splits(late, range(1000, len(late), 1000)))
+        assert outs[-1].startswith(b"HTTP/1.1 414") and p.of("handshake") == [(cid, late)]
+
+    def test_the_client_role_does_not_check_a_line(self, peer):
+        p = peer(client=True)
+        cid = client_waiting(p)
+        p.engine.receive_data(cid, b"\x00not http\r\n\r\n")
+        assert p.of("response") == [(cid, b"\x00not http\r\n\r\n")]  # on_response decides
+        assert p.engine.data_to_send(cid) == b"" and cid not in p.engine
+
+    PIECES = [b"GET", b"POST", b"M" * 31, b" ", b"/", b"*", b"?a=b", b"HTTP/1.1", b".", b"1",
+              b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"Host: x", b"x", b"\x00", b"\x7f", b"\xff",
+              b"\t", b"("]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=80),
+                     st.lists(st.sampled_from(PIECES), max_size=16).map(b"".join)),
+           st.lists(st.integers(1, 200), max_size=6))
+    def test_against_the_reference_grammar(self, data, cuts):
+        p = Peer()
+        p.http = answer_by_path(404, HTTP_CLOSE)
+        cid = p.engine.open_connection()
+        out = b"".join(self.feed(p, cid, splits(data, [c for c in cuts if c < len(data)])))
+        if not line_ok_so_far(data):
+            assert out == p.engine.http_400 and p.events == []
+        elif b"\r\n\r\n" in data:
+            head = data[:data.index(b"\r\n\r\n") + 4]
+            assert p.of("handshake") == [(cid, head)]
+            assert out == http_response(404, head.split(b" ")[1])
+        else:
+            assert out == b"" and p.engine.state(cid) == HANDSHAKE and p.events == []
+        assert p.counter("refused_http") == (0 if line_ok_so_far(data) else 1) + \
+            (1 if out.startswith(b"HTTP/1.1 404") else 0)
