@@ -2059,3 +2059,187 @@ class TestRFC9112_3_RequestLine:
             assert out == b"" and p.engine.state(cid) == HANDSHAKE and p.events == []
         assert p.counter("refused_http") == (0 if line_ok_so_far(data) else 1) + \
             (1 if out.startswith(b"HTTP/1.1 404") else 0)
+
+
+# --- generations ---------------------------------------------------------------------------
+#
+# A connection id is gen << 32 | slot. ConnTable.add_c skips generation 0 (a never-used
+# slot) and 0xFFFFFFFF (LISTENER_TAG, the Reactor's epoll tag of a listening socket).
+# Reaching the wrap takes 2**32 - 1 reuses of one slot: no public call sets a generation,
+# so the wrap itself is reached by writing the free slot's `gen` field through ctypes,
+# after checking that the table's memory is laid out as _core.pxd says (else: skip).
+
+class _Slot(ctypes.Structure):
+    """``Slot`` of fastrpc/_core.pxd, field for field."""
+
+    _fields_ = [("fd", ctypes.c_int32), ("gen", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("state", ctypes.c_uint8), ("pad0", ctypes.c_uint8), ("flags", ctypes.c_uint16),
+                ("inflight", ctypes.c_uint16), ("close_code", ctypes.c_uint16),
+                ("pad1", ctypes.c_uint16), ("addr", ctypes.c_uint8 * 16),
+                ("last_message", ctypes.c_uint32), ("last_receive", ctypes.c_uint32),
+                ("ping_sent", ctypes.c_uint32), ("in_block", ctypes.c_uint32),
+                ("in_len", ctypes.c_uint32), ("out_head", ctypes.c_uint32),
+                ("out_tail", ctypes.c_uint32), ("out_bytes", ctypes.c_uint32),
+                ("pstate", ctypes.c_uint32)]
+
+
+def slot_array(table: ConnTable, live_cid: int, fd: int, port: int):
+    """The table's C array of slots, located from the object's layout (PyObject_HEAD,
+    the vtable pointer, then `Slot* slots` and four uint32: capacity, count, high,
+    max_per_ip) and checked against a live connection; skip if anything disagrees."""
+    if ctypes.sizeof(_Slot) != _core.SLOT_SIZE:
+        pytest.skip("Slot layout differs from _core.pxd")
+    ptr = ctypes.sizeof(ctypes.c_void_p)
+    base = id(table) + object.__basicsize__ + ptr
+    address = ctypes.c_void_p.from_address(base).value
+    fields = tuple((ctypes.c_uint32 * 4).from_address(base + ptr))
+    if not address or fields != (table.capacity, len(table), table.high, table.max_per_ip):
+        pytest.skip("ConnTable object layout is not the one this test knows")
+    slots = (_Slot * table.capacity).from_address(address)
+    s = slots[live_cid & 0xFFFFFFFF]
+    if (s.fd, s.gen, s.port) != (fd, live_cid >> 32, port):
+        pytest.skip("the slot found does not hold the live connection")
+    return slots
+
+
+class TestGenerations:
+    def test_conn_table_skips_0xffffffff_and_0(self):
+        table = ConnTable(2)
+        cid = table.add(777, "10.0.0.1", 4321, now=0)
+        slots = slot_array(table, cid, 777, 4321)
+        table.remove(cid)
+        slots[0].gen = 0xFFFFFFFD  # as if the slot had been reused 2**32 - 3 times
+        last = table.add(778, "10.0.0.1", 4322, now=0)
+        assert last >> 32 == 0xFFFFFFFE and last & 0xFFFFFFFF == 0
+        table.remove(last)
+        wrapped = table.add(779, "10.0.0.1", 4323, now=0)
+        assert wrapped >> 32 == 1  # not 0xFFFFFFFF (LISTENER_TAG), not 0
+        assert wrapped in table and last not in table
+        assert wrapped == cid  # the ids of one slot repeat after 2**32 - 2 reuses: inherent
+        assert table.info(wrapped)["fd"] == 779
+        table.remove(wrapped)
+        slots[0].gen = 0xFFFFFFFF  # cannot happen; if it did, the next one is not 0
+        assert table.add(780, "10.0.0.1", now=0) >> 32 == 1
+
+    def test_engine_ids_across_the_wrap(self, peer):
+        p = peer()
+        e = p.engine
+        first = e.open_connection("10.0.0.1", 555)
+        slots = slot_array(e.table, first, -1, 555)
+        e.abort(first)
+        slots[first & 0xFFFFFFFF].gen = 0xFFFFFFFE
+        wrapped = e.open_connection("10.0.0.1", 556)
+        assert wrapped >> 32 == 1 and wrapped & 0xFFFFFFFF == first & 0xFFFFFFFF
+        assert e.receive_data(wrapped, UPGRADE_REQUEST)
+        assert e.data_to_send(wrapped) == RESPONSE_101 and e.state(wrapped) == OPEN
+        stale = (0xFFFFFFFE << 32) | (first & 0xFFFFFFFF)
+        assert stale not in e and e.send(stale, b"x") is False and e.receive_data(stale, b"x") is False
+
+    def test_reused_slots_never_carry_the_reserved_generations(self, peer):
+        """What the public surface can show: over many reuses of one slot the
+        generation goes up by one each time, starting at 1, never 0 or 0xFFFFFFFF."""
+        table = ConnTable(1)
+        gens = []
+        for i in range(100_000):
+            cid = table.add(i, "10.0.0.1", now=0)
+            gens.append(cid >> 32)
+            assert cid & 0xFFFFFFFF == 0
+            table.remove(cid)
+        assert gens == list(range(1, 100_001))
+        p = peer(max_pending=1, max_open=0)
+        seen = set()
+        for _ in range(20_000):
+            cid = p.engine.open_connection()
+            assert cid >> 32 not in (0, 0xFFFFFFFF) and cid not in seen
+            seen.add(cid)
+            p.engine.abort(cid)
+        assert len(p.engine) == 0
+
+
+# --- mask keys after fork() ------------------------------------------------------------------
+#
+# RFC 6455 §5.3: the masking key must be unpredictable. Keys are drawn from getrandom()
+# 4 KiB at a time; a forked child inherits the parent's unused keys, so a pthread_atfork
+# child handler forgets them and the child draws its own.
+
+def masked_key_now() -> bytes:
+    """The key of a frame a fresh client connection masks now."""
+    p = Peer(client=True)
+    cid = p.engine.open_connection(request=UPGRADE_REQUEST)
+    p.engine.data_to_send(cid)
+    p.engine.receive_data(cid, RESPONSE_101)
+    assert p.engine.send(cid, b"key?")
+    [f] = wire_frames(p.engine.data_to_send(cid))
+    assert f.payload == b"key?"
+    return f.mask
+
+
+def read_all(fd: int, timeout: float = 30.0) -> bytes:
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise AssertionError("the child did not answer in time")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def wait_child(pid: int, timeout: float = 30.0) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the child did not exit in time")
+
+
+class TestMaskKeysAfterFork:
+    def test_keys_are_buffered_after_a_masked_frame(self):
+        masked_key_now()
+        left = _core._mask_keys_left()
+        assert 0 < left < 1024
+        masked_key_now()
+        assert _core._mask_keys_left() == (left - 1 if left > 1 else 1023)
+        _core.encode_frame(OP_TEXT, b"x", mask=True)  # the encoder draws from the same buffer
+        assert _core._mask_keys_left() in (left - 2, 1023, 1022)
+
+    def test_a_forked_child_draws_fresh_keys(self):
+        masked_key_now()
+        if _core._mask_keys_left() < 4:
+            masked_key_now()  # make sure the parent's buffer holds keys the child could reuse
+        left = _core._mask_keys_left()
+        assert left > 0
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no pytest machinery from here on, and always _exit
+            code = 1
+            try:
+                os.close(r)
+                before = _core._mask_keys_left()
+                key = masked_key_now()
+                after = _core._mask_keys_left()
+                os.write(w, f"{before} {after} {key.hex()}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        try:
+            parent_left = _core._mask_keys_left()
+            parent_key = masked_key_now()
+            answer = read_all(r).decode()
+        finally:
+            os.close(r)
+            code = wait_child(pid)
+        assert code == 0, answer
+        before, after, child_key = answer.split()
+        assert parent_left == left  # the fork changed nothing in the parent
+        assert int(before) == 0  # the child forgot the inherited keys ...
+        assert int(after) == 1023  # ... and drew a fresh 4 KiB of its own
+        assert bytes.fromhex(child_key) != parent_key
