@@ -23,6 +23,7 @@ from .errors import (
     TableFull,
 )
 from .limits import Limits
+from .pool import ClientPool, Gap, PoolSubscription
 from .server import MessageHandler, Server
 from .service import Context, Registry, Topic, camel_case
 
@@ -33,11 +34,13 @@ __all__ = [
     "CallTimeout",
     "Client",
     "ClientOptions",
+    "ClientPool",
     "ConnectError",
     "ConnectionLost",
     "Context",
     "Dispatcher",
     "FastRPCError",
+    "Gap",
     "InvalidBlock",
     "InvalidParams",
     "InvalidReply",
@@ -46,6 +49,7 @@ __all__ = [
     "NoHealthyEndpoint",
     "PerIPLimitExceeded",
     "PoolExhausted",
+    "PoolSubscription",
     "ProtocolError",
     "RPCError",
     "Registry",

@@ -575,15 +575,22 @@ class Client:
         self._cid = cid
         hub.clients[cid] = self
         try:
-            await asyncio.wait_for(fut, self._remaining(deadline))
-        except asyncio.TimeoutError:
-            hub.reactor.abort(cid)  # on_close: forgets the cid
-            return ConnectError(self.url, f"timed out after {self.options.open_timeout:g} s"), False
-        except ConnectError as e:
-            return e, e.status is None  # no HTTP answer: maybe another address listens
+            # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel that
+            # arrives as the future completes.
+            done, _ = await asyncio.wait((fut,), timeout=self._remaining(deadline))
         except BaseException:
             hub.reactor.abort(cid)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: no "never retrieved" log
             raise
+        if not done:
+            hub.reactor.abort(cid)  # on_close: forgets the cid
+            return ConnectError(self.url, f"timed out after {self.options.open_timeout:g} s"), False
+        e = fut.exception()
+        if isinstance(e, ConnectError):
+            return e, e.status is None  # no HTTP answer: maybe another address listens
+        if e is not None:
+            raise e
         self.peer = (ip, port)
         return None, False
 

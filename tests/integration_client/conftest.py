@@ -92,3 +92,93 @@ def crun(run: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
         return run(body(), timeout)
 
     return go
+
+
+NODE_SCRIPT = os.path.join(HERE, "node.py")
+NODE_START_TIMEOUT = 20.0
+
+
+class Node:
+    """A fastrpc server process (``node.py``) on 127.0.0.1; ``kill()`` is SIGKILL."""
+
+    def __init__(self, name: str, workdir: str, loop_name: str) -> None:
+        self.name = name
+        self.loop_name = loop_name
+        self.log = os.path.join(workdir, f"node-{name}.log")
+        self.errlog = os.path.join(workdir, f"node-{name}.stderr")
+        self.port = 0
+        self.proc: Any = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def start(self) -> "Node":
+        """Start it (on the port it had before, after a restart); returns once it listens."""
+        import subprocess
+
+        assert self.proc is None, "already running"
+        with open(self.errlog, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, NODE_SCRIPT, "--name", self.name, "--port", str(self.port),
+                 "--log", self.log, "--loop", self.loop_name],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+            )
+        self.starts += 1
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)  # polled: no thread, no blocking the loop
+        buf = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NODE_START_TIMEOUT
+        while b"\n" not in buf:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"" or self.proc.poll() is not None or loop.time() > deadline:
+                self.kill()
+                with open(self.errlog) as f:
+                    raise RuntimeError(f"node {self.name} did not start: {f.read()[-2000:]}")
+            if chunk:
+                buf += chunk
+            else:
+                await asyncio.sleep(0.01)
+        line = buf.split(b"\n", 1)[0].decode()
+        assert line.startswith("listening on "), line
+        self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL and reap (no clean close: its connections just drop)."""
+        if self.proc is None:
+            return
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc = None
+
+    def tokens(self) -> list[str]:
+        """Every ``record`` token this node (all its runs) started executing."""
+        if not os.path.exists(self.log):
+            return []
+        with open(self.log) as f:
+            return [line.strip() for line in f if line.strip()]
+
+
+@pytest.fixture
+def nodes(tmp_path: Any, loop_name: str) -> Any:
+    """``await nodes("a")``: a started ``Node``; every node is killed at the end."""
+    made: list[Node] = []
+
+    async def make(name: str) -> Node:
+        node = Node(name, str(tmp_path), loop_name)
+        made.append(node)
+        return await node.start()
+
+    yield make
+    for node in made:
+        node.kill()
