@@ -179,15 +179,19 @@ class _Hub:
         if key.max_message_size > classes[-1]:
             classes.append((key.max_message_size + 15) // 16 * 16)
         self.pool = _core.BufferPool(tuple(classes), limit=max(CLIENT_POOL_LIMIT, 2 * classes[-1]))
+        out_cap = max(64 * MiB, 2 * key.max_message_size)
         self.reactor = r = _core.Reactor(
             self.pool, 0, 0,
             max_clients=MAX_CLIENTS_PER_LOOP,
             max_message_size=key.max_message_size,
             max_fragments=65_536,
-            # A client may queue many requests in one loop turn; reading pauses above
-            # the high water mark until they are written, and only a server that stops
-            # reading for this many bytes is given up on.
-            max_pending_output=max(64 * MiB, 2 * key.max_message_size),
+            # The core stops reading a connection whose own output passes
+            # write_high_water: right for a server, a deadlock for a pipelining client
+            # (its burst of requests waits for a server that waits for us to read the
+            # replies). So a client keeps reading up to the point where it gives up
+            # on a server that does not read: out_cap bytes queued.
+            write_high_water=out_cap,
+            max_pending_output=out_cap,
         )
         self.clients: dict[int, Client] = {}
         self.retired = False

@@ -24,7 +24,7 @@ from fastrpc import (
     SubscriptionOverflow,
 )
 from fastrpc.client import reactors
-from fastrpc.limits import KiB
+from fastrpc.limits import KiB, Limits
 
 WAIT = 5.0
 
@@ -102,6 +102,22 @@ def test_calls_positional_named_and_errors(crun, rpc_server):
             assert st["in_flight"] == 0 and st["malformed"] == 0 and st["unknown_ids"] == 0
             assert st["errors"] == 3
         assert c.closed and c.close_code == 1000
+
+    crun(body())
+
+
+def test_a_burst_of_pipelined_calls_does_not_stall(crun, rpc_server):
+    """20,000 calls of 2 KB queued in one loop turn (40 MB each way). The client keeps
+    reading replies while its own requests are still queued: were it to stop reading
+    at a write high-water mark, as a server does, both sides would wait for each
+    other for ever."""
+
+    async def body():
+        srv = await rpc_server(build(Limits()))
+        async with fastrpc.connect(url(srv), call_timeout=30) as c:
+            blob = "x" * 2000
+            results = await asyncio.gather(*(c.call("echo", blob) for _ in range(20_000)))
+            assert len(results) == 20_000 and results[-1] == blob
 
     crun(body())
 
