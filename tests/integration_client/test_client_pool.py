@@ -1,7 +1,7 @@
 """ClientPool against fastrpc servers in the test's own process (asyncio and uvloop):
 least-in-flight selection, stats, retries of idempotent calls only, resending calls
 that never left, no healthy endpoint, subscriptions across a dropped connection,
-notifications, close. (Real processes killed mid-run: ``test_pool_processes.py``.)
+notifications, close. (Real processes killed mid-run: ``test_client_pool_processes.py``.)
 """
 from __future__ import annotations
 
