@@ -590,11 +590,11 @@ class Client:
         if not done:
             hub.reactor.abort(cid)  # on_close: forgets the cid
             return ConnectError(self.url, f"timed out after {self.options.open_timeout:g} s"), False
-        e = fut.exception()
-        if isinstance(e, ConnectError):
-            return e, e.status is None  # no HTTP answer: maybe another address listens
-        if e is not None:
-            raise e
+        failure = fut.exception()
+        if isinstance(failure, ConnectError):
+            return failure, failure.status is None  # no HTTP answer: maybe another address listens
+        if failure is not None:
+            raise failure
         self.peer = (ip, port)
         return None, False
 

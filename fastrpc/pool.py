@@ -47,10 +47,11 @@ end the iterator as with a single ``Client``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Generator, Sequence
 
 from .client import Client, ClientOptions, Subscription, _params
 from .errors import (
@@ -215,8 +216,8 @@ class ClientPool:
         """Seconds before the next connect of an endpoint with ``failures`` in a row."""
         if failures <= 0:
             return 0.0
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(failures - 1, 60))
-        return delay * (1.0 - self.backoff_jitter * random.random())
+        delay = min(self.backoff_max, self.backoff_initial * 2.0 ** min(failures - 1, 60))
+        return float(delay * (1.0 - self.backoff_jitter * random.random()))
 
     async def _supervise(self, ep: _Endpoint, first: asyncio.Future[None]) -> None:
         try:
@@ -246,7 +247,7 @@ class ClientPool:
                     ep.clients.append(client)
                     self._conns.append((ep, client))
                     assert client._closed_fut is not None
-                    client._closed_fut.add_done_callback(lambda _f, ep=ep, c=client: self._lost(ep, c))
+                    client._closed_fut.add_done_callback(functools.partial(self._lost, ep, client))
                     self._wake_waiters()
                 if not first.done():
                     first.set_result(None)
@@ -264,7 +265,7 @@ class ClientPool:
             if not first.done():
                 first.set_result(None)
 
-    def _lost(self, ep: _Endpoint, client: Client) -> None:
+    def _lost(self, ep: _Endpoint, client: Client, _done: object = None) -> None:
         """A connection ended (server close, drop, keep-alive timeout, or our close)."""
         if client in ep.clients:
             ep.clients.remove(client)
@@ -458,12 +459,13 @@ class PoolSubscription:
             self.endpoint = pool.endpoint_of(c)
             return
 
-    def __await__(self) -> Any:
-        async def start() -> "PoolSubscription":
-            if self._sub is None:
-                await self._subscribe()
-            return self
-        return start().__await__()
+    async def _start(self) -> "PoolSubscription":
+        if self._sub is None:
+            await self._subscribe()
+        return self
+
+    def __await__(self) -> Generator[Any, None, "PoolSubscription"]:
+        return self._start().__await__()
 
     def __aiter__(self) -> "PoolSubscription":
         return self
@@ -496,7 +498,7 @@ class PoolSubscription:
             await sub.aclose()
 
     async def __aenter__(self) -> "PoolSubscription":
-        return await self
+        return await self._start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

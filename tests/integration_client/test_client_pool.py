@@ -11,7 +11,6 @@ import socket
 import pytest
 from helpers import TINY, wait_until
 
-import fastrpc
 from fastrpc import ClientPool, ConnectionLost, Gap, NoHealthyEndpoint, RPCError, Server
 
 WAIT = 5.0
