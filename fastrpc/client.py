@@ -500,6 +500,10 @@ class Client:
         }
         self.peer: tuple[str, int] | None = None
 
+    def __repr__(self) -> str:
+        state = ("new", "connecting", "open", "closing", "closed")[self._state]
+        return f"<Client {self.url} {state} in_flight={len(self._pending)}>"
+
     # --- opening ------------------------------------------------------------------
 
     async def connect(self) -> "Client":

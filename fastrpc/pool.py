@@ -163,6 +163,11 @@ class ClientPool:
         self._closed = False
         self.counters = {"calls": 0, "retries": 0, "resent_unsent": 0, "no_endpoint": 0}
 
+    def __repr__(self) -> str:
+        healthy = sum(1 for ep in self._endpoints if ep.healthy)
+        return (f"<ClientPool {healthy}/{len(self._endpoints)} endpoints healthy, "
+                f"{len(self._conns)} connections{' closed' if self._closed else ''}>")
+
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> "ClientPool":
