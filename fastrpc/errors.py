@@ -7,6 +7,7 @@ generic message; details go to the log only.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 # --- WebSocket close codes (RFC 6455 §7.4.1, IANA registry) ---------------------------
@@ -113,3 +114,84 @@ class InvalidParams(RPCError):
 
     def __init__(self, message: str, data: Any = None) -> None:
         super().__init__(INVALID_PARAMS, message, data)
+
+
+# --- client side (fastrpc.client, fastrpc.pool) ----------------------------------------
+# asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on; on 3.10 it is a
+# class of its own, so a call timeout is both there.
+_TIMEOUT_BASES: tuple[type, ...] = (
+    (TimeoutError,) if asyncio.TimeoutError is TimeoutError else (asyncio.TimeoutError, TimeoutError)
+)
+
+
+class ConnectError(FastRPCError, ConnectionError):
+    """A client could not open its connection: the address did not resolve, the TCP
+    connect failed, the open timed out, or the server refused the upgrade.
+
+    ``url`` is the URL connected to; ``status`` the HTTP status when the server answered
+    with something other than a valid 101 (503 full or draining, 429 per-IP cap, ...),
+    else None; ``retry_after`` the seconds of its ``Retry-After`` header, if any.
+    """
+
+    def __init__(self, url: str, reason: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"cannot connect to {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ConnectionLost(FastRPCError, ConnectionError):
+    """The connection ended while a call waited for its reply (or a subscription was
+    open). ``code`` is the WebSocket close code (1006: dropped without a close frame).
+
+    ``sent`` is False when the request never left this process (the connection was
+    already closing when the call was made): such a call certainly did not run on the
+    server and may be retried whatever its method. When True the server may or may not
+    have run it.
+    """
+
+    def __init__(self, code: int, reason: str = "", *, sent: bool = True) -> None:
+        text = f"connection lost (close code {code})"
+        if reason:
+            text += f": {reason}"
+        super().__init__(text)
+        self.code = code
+        self.reason = reason
+        self.sent = sent
+
+
+class CallTimeout(FastRPCError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A call got no reply within its timeout. The call is forgotten: a reply arriving
+    later is ignored (counted as ``late_replies``). Catch it as ``TimeoutError`` /
+    ``asyncio.TimeoutError`` too."""
+
+    def __init__(self, method: str, timeout: float) -> None:
+        super().__init__(f"{method}: no reply within {timeout:g} s")
+        self.method = method
+        self.timeout = timeout
+
+
+class InvalidReply(FastRPCError):
+    """The server's reply to a call is not a valid JSON-RPC response (neither exactly
+    one of ``result`` / ``error``, or an ``error`` that is not ``{code: int, message:
+    str}``). The call fails with it; the connection stays open."""
+
+
+class SubscriptionOverflow(FastRPCError):
+    """A subscription's buffer (``subscription_buffer`` items) was full when another
+    notification arrived: the consumer fell behind. The subscription was ended
+    (unsubscribed) at that point; the consumer got every notification buffered before
+    the gap, then this. ``subscription`` is the id, ``buffered`` the buffer's size."""
+
+    def __init__(self, subscription: Any, buffered: int) -> None:
+        super().__init__(f"subscription {subscription}: consumer too slow, {buffered} notifications "
+                         "buffered; the subscription was ended")
+        self.subscription = subscription
+        self.buffered = buffered
+
+
+class NoHealthyEndpoint(FastRPCError, ConnectionError):
+    """``ClientPool``: no connection to any endpoint opened within ``acquire_timeout``
+    (every endpoint down or backing off). The call was not sent."""
