@@ -134,6 +134,7 @@ class Server:
         self.registry: Any = None
         if handler is None:
             self.registry = Registry(namespaces)
+            self.registry.add_rpc_modules()  # go-ethereum's namespace listing, always served
             # The dispatcher calls straight into the compiled core: no Python layer
             # between a reply and its frame.
             transport = SimpleNamespace(
