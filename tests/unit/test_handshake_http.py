@@ -33,6 +33,7 @@ from fastrpc.handshake import (
     handle_request,
     rpc_response,
 )
+from fastrpc.limits import KiB, MiB, Limits
 
 LIMIT = 1000
 RPC = HandshakePolicy(max_http_body=LIMIT)
@@ -330,6 +331,22 @@ class TestRpcResponse:
     def test_empty_body(self):
         status, headers, body = parse(rpc_response(b"", True))
         assert (status, body, headers["content-length"]) == (200, b"", "0")
+
+
+# --- Limits.max_http_body ----------------------------------------------------------------
+class TestMaxHttpBody:
+    def test_default_is_max_message_size(self):
+        assert Limits().max_http_body is None and Limits().http_body_limit == 1 * MiB
+        assert Limits(max_message_size=64 * KiB, pool_size_classes=(64 * KiB,)).http_body_limit == 64 * KiB
+
+    def test_set(self):
+        assert Limits(max_http_body=5 * MiB, pool_size_classes=(1 * KiB, 8 * MiB)).http_body_limit == 5 * MiB
+        assert Limits(max_http_body=0).http_body_limit == 0
+
+    @pytest.mark.parametrize("value", [-1, 1 * MiB + 1, 5 * MiB])
+    def test_must_fit_the_largest_pool_block(self, value):
+        with pytest.raises(ValueError, match="max_http_body"):
+            Limits(max_http_body=value)
 
 
 # --- robustness: nothing escapes ----------------------------------------------------------
