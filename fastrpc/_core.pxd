@@ -21,7 +21,8 @@ cdef enum:
     FS_FIN = 16         # the current frame has FIN set
 
 cdef struct FrameState:
-    # Per-connection RFC 6455 parser state: 48 bytes, no pointers, no Python objects.
+    # Per-connection RFC 6455 parser state: 52 bytes, no pointers, no Python objects.
+    # Held on the C stack while a read is parsed, in a pooled block while partial.
     uint8_t hdr[MAX_HEADER]   # a header split across reads, gathered here (hdr_len bytes)
     uint8_t hdr_len           # 0 unless a header is split across reads
     uint8_t flags             # FS_* bits
@@ -133,7 +134,8 @@ cdef struct Slot:
                               # progress (see Engine._check_request_line)
     uint16_t pad1
     uint8_t addr[16]          # peer address, IPv4 as ::ffff:a.b.c.d; key of the per-IP count
-    uint32_t last_message     # monotonic ms of the last whole message (idle timeout)
+    uint32_t last_message     # monotonic ms of the last whole message (idle timeout);
+                              # SLOT_HTTP_BODY: bytes of the body still to come
     uint32_t last_receive     # monotonic ms of the last bytes received (ping interval)
     uint32_t ping_sent        # monotonic ms the ping / close was sent, or start of the
                               # HTTP phase (accept, connect, last keep-alive response)

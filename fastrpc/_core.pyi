@@ -367,6 +367,10 @@ class Reactor(Engine):
     def pause_accept(self) -> None: ...
     def resume_accept(self) -> None: ...
     def remove_listeners(self) -> None: ...
+    @property
+    def last_errno(self) -> int:
+        """Inside ``on_close``: the errno of the socket error that ended the connection
+        (e.g. ECONNREFUSED for a failed connect), 0 for an EOF."""
     def connect(self, ip: str, port: int, request: Buffer) -> int:
         """Client role: a non-blocking connect to a numeric address; ``request`` is
         sent once connected and the response head goes to ``on_response``. Raises

@@ -120,6 +120,8 @@ cdef class Reactor(Engine):
     cdef int n_listeners
     cdef bint accept_paused
     cdef uint8_t* scratch
+    cdef readonly int last_errno   # errno of the socket error that ended the connection
+                                   # being dropped now (0: EOF); read it in on_close
 
     def __cinit__(self, *args, **kwargs):
         self.epfd = -1
@@ -209,6 +211,8 @@ cdef class Reactor(Engine):
             raise ValueError(f"port {port} is outside 1..65535")
         if self.n_clients >= self.max_clients:
             raise TableFull(f"{self.max_clients} client connections already open")
+        if len(request) > self.max_pending_output:
+            raise ValueError("the upgrade request is larger than max_pending_output")
         fd = socket(AF_INET if v4 else AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             raise OSError(errno, "socket() failed")
@@ -239,12 +243,11 @@ cdef class Reactor(Engine):
         ev.data.u64 = cid
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             err = errno
-            self.n_clients -= 1
             self.table.remove_c(cid)
             close(fd)
             raise OSError(err, "epoll_ctl on a client socket failed")
         s.flags |= SF_REG_IN | SF_REG_OUT | SF_WANT_OUT
-        if self._feed_request(s, cid, request) < 0:
+        if self._feed_request(s, cid, request) < 0:  # the slot and its socket are gone
             raise MemoryError("no pooled block for the upgrade request")
         return cid
 
@@ -285,9 +288,11 @@ cdef class Reactor(Engine):
                         s = self.table.get(tag)
                         if s == NULL:
                             continue
-                    if events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR):
+                    if events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP):
                         if s.flags & SF_REG_IN or events[i].events & (EPOLLHUP | EPOLLERR):
                             self._read(s, tag, now)
+                        elif s.state == SLOT_HTTP_WAIT:
+                            self.eof_c(s, tag)  # gone while its answer was pending
             except BaseException:
                 _log_exception("reactor batch")
             finally:
@@ -361,9 +366,11 @@ cdef class Reactor(Engine):
             if got < 0:
                 if errno == EAGAIN or errno == EINTR:
                     return
+                self.last_errno = errno
                 self.eof_c(s, cid)
                 return
             if got == 0:
+                self.last_errno = 0
                 self.eof_c(s, cid)
                 return
             if self.feed_c(s, cid, self.scratch, got, now) < 0:
@@ -440,6 +447,7 @@ cdef class Reactor(Engine):
                         s.flags |= SF_WANT_OUT
                         self._update_interest(s, cid)
                         return
+                    self.last_errno = errno
                     if s.state == SLOT_CONNECTING:
                         self._drop(s, cid, 1006, -1)  # connect failed
                     else:
@@ -487,8 +495,11 @@ cdef class Reactor(Engine):
             want |= SF_REG_OUT
         if (s.flags & (SF_REG_IN | SF_REG_OUT)) == want:
             return
+        # Not reading still watches for the peer leaving while an HTTP answer is
+        # pending (EPOLLRDHUP), so the request is abandoned at once.
         ev.events = ((EPOLLIN | EPOLLRDHUP) if want & SF_REG_IN else 0) | \
-                    (EPOLLOUT if want & SF_REG_OUT else 0)
+                    (EPOLLOUT if want & SF_REG_OUT else 0) | \
+                    (EPOLLRDHUP if s.state == SLOT_HTTP_WAIT else 0)
         ev.data.u64 = cid
         epoll_ctl(self.epfd, EPOLL_CTL_MOD, s.fd, &ev)
         s.flags = (s.flags & ~(SF_REG_IN | SF_REG_OUT)) | want

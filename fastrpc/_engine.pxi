@@ -136,6 +136,9 @@ cdef class Engine:
     * ``on_close(cid, code: int)``: an upgraded server connection, or any client
       connection, ended (the slot is already free; sending to it is a no-op). ``code``
       is the close code received, or 1006.
+    * ``on_http_close(cid)``: a server connection that never upgraded ended (after
+      plain HTTP, while a body or a deferred answer was pending, or refused), so
+      Python can forget what it kept for the request.
     """
     cdef readonly ConnTable table
     cdef readonly BufferPool pool
@@ -164,6 +167,7 @@ cdef class Engine:
     cdef public object on_text
     cdef public object on_binary
     cdef public object on_close
+    cdef public object on_http_close
     cdef public object on_accept_paused
     # HTTP answers the core writes itself (the server sets them from handshake.py):
     cdef public bytes http_400   # the request line cannot be HTTP (checked as it arrives)
@@ -311,23 +315,18 @@ cdef class Engine:
         cdef uint32_t old = s.in_len
         cdef uint32_t nh
         cdef size_t start, head_len, rest
+        # Only bytes that may still be head are gathered (the limit is the head's; what
+        # follows it in the same read, frames or a body, is handed on as leftover).
+        cdef size_t take = min(n, <size_t>(self.max_handshake_size - old))
         cdef const uint8_t* p
         cdef const uint8_t* hit
-        if old + n > self.max_handshake_size:
-            # Never buffer past the limit: answer 431 from the bytes we have.
-            self.counters[C_HANDSHAKE_TOO_LARGE] += 1
-            if s.flags & SF_CLIENT:
-                self._drop(s, cid, 1006, -1)
-            else:
-                self._refuse(s, cid, self.http_431)
-            return -1
-        nh = self.pool.grow_c(s.in_block, s.in_len, old + n)
+        nh = self.pool.grow_c(s.in_block, s.in_len, old + take)
         if nh == 0:
             self._drop(s, cid, 1006, C_CLOSED_NOMEM)
             return -1
         s.in_block = nh
-        memcpy(self.pool.ptr(nh) + old, data, n)
-        s.in_len = old + n
+        memcpy(self.pool.ptr(nh) + old, data, take)
+        s.in_len = old + take
         p = <const uint8_t*>self.pool.ptr(nh)
         if not (s.flags & SF_CLIENT) and self._check_request_line(s, p, s.in_len) < 0:
             self.counters[C_HTTP_REQUESTS] += 1
@@ -337,11 +336,23 @@ cdef class Engine:
         start = old - 3 if old >= 3 else 0
         hit = <const uint8_t*>memmem(p + start, s.in_len - start, b"\r\n\r\n", 4)
         if hit == NULL:
+            if s.in_len >= self.max_handshake_size:
+                # Never buffer past the limit: answer 431 from the bytes we have.
+                self.counters[C_HANDSHAKE_TOO_LARGE] += 1
+                if s.flags & SF_CLIENT:
+                    self._drop(s, cid, 1006, -1)
+                else:
+                    self._refuse(s, cid, self.http_431)
+                return -1
             return 0
         head_len = (hit - p) + 4
         head = PyBytes_FromStringAndSize(<const char*>p, head_len)
         rest = s.in_len - head_len
-        leftover = PyBytes_FromStringAndSize(<const char*>p + head_len, rest) if rest else None
+        if rest + (n - take):
+            leftover = PyBytes_FromStringAndSize(<const char*>p + head_len, rest) + \
+                PyBytes_FromStringAndSize(<const char*>data + take, n - take)
+        else:
+            leftover = None
         self.pool.release_c(s.in_block)
         s.in_block = 0
         s.in_len = 0
@@ -378,10 +389,14 @@ cdef class Engine:
         client sent after it (pipelined; or the first frames or body bytes)."""
         cdef Py_buffer buf
         cdef uint32_t need
+        if action != A_BODY and action != A_DEFER and type(response) is not bytes:
+            response = bytes(response)  # any buffer; a str raises (-> 500)
         if action == A_UPGRADE and from_head:
             # Admission is decided by Python before it answers 101 (admission()), so
             # the per-IP count cannot be over the cap here; check anyway.
             if self.table.ip_admit(s) < 0 or self.n_open >= self.max_open:
+                self.counters[C_HTTP_REQUESTS] += 1
+                self.counters[C_REFUSED_HTTP] += 1
                 self._refuse(s, cid, self.http_503)
                 return -1
             if self._queue(s, cid, <const uint8_t*>PyBytes_AS_STRING(response), len(response)) < 0:
@@ -491,10 +506,12 @@ cdef class Engine:
         cdef uint32_t blk, n
         if s == NULL or s.state != SLOT_HTTP_WAIT:
             return False
+        if type(response) is not bytes:
+            response = bytes(response)
         if len(response) >= 10 and (<bytes>response)[9] >= 52:
             self.counters[C_REFUSED_HTTP] += 1
         if not keep_alive:
-            self._refuse(s, cid, bytes(response))
+            self._refuse(s, cid, response)
             return True
         if self._queue(s, cid, <const uint8_t*>PyBytes_AS_STRING(response), len(response)) < 0:
             return True
@@ -657,7 +674,7 @@ cdef class Engine:
                     _log_exception("message handler")
                     s = self.table.get(cid)
                     if s != NULL:
-                        self._close_c(s, cid, 1011, b"internal error", C_CLOSED_HANDLER_ERROR)
+                        self._close_c(s, cid, 1011, b"internal error", C_CLOSED_HANDLER_ERROR, now)
                     return -1
             elif op == 9:
                 if not (s.flags & SF_CLOSE_SENT):
@@ -749,15 +766,17 @@ cdef class Engine:
             return self._queue(s, cid, frame, hl + n, NULL, 0)  # would block / sans-I/O
         return self._queue_frame(s, 0x88, body, n)
 
-    cdef void _close_c(self, Slot* s, uint64_t cid, int code, bytes reason, int counter) noexcept:
-        """Start the closing handshake: send close, wait (close_timeout) for the peer's."""
+    cdef void _close_c(self, Slot* s, uint64_t cid, int code, bytes reason, int counter,
+                       uint32_t now) noexcept:
+        """Start the closing handshake: send close, wait (close_timeout from `now`) for
+        the peer's."""
         if s.state != SLOT_OPEN or (s.flags & SF_CLOSE_SENT):
             return
         self.counters[counter] += 1
         if self._close_frame_reason(s, cid, code, reason) < 0:
             return
         s.state = SLOT_CLOSING
-        s.ping_sent = monotonic_ms_c()
+        s.ping_sent = now
 
     cdef void _drop(self, Slot* s, uint64_t cid, int code, int counter) noexcept:
         """End the connection now: free its slot and blocks, release the socket, tell Python."""
@@ -778,11 +797,17 @@ cdef class Engine:
         self.inflight_total -= s.inflight
         self.table.remove_c(cid)
         self._release_fd(fd)
-        if was_open and self.on_close is not None:
+        if was_open:
+            if self.on_close is not None:
+                try:
+                    self.on_close(cid, code)
+                except BaseException:
+                    _log_exception("on_close")
+        elif self.on_http_close is not None:
             try:
-                self.on_close(cid, code)
+                self.on_http_close(cid)
             except BaseException:
-                _log_exception("on_close")
+                _log_exception("on_http_close")
 
     # --- output ----------------------------------------------------------------------
 
@@ -874,7 +899,10 @@ cdef class Engine:
             if s != NULL:
                 if op <= 2:
                     self.counters[C_MESSAGES_OUT] += 1
-                if s.out_bytes > self.write_high_water:
+                # A server stops reading a peer that does not read its replies; a client
+                # must keep reading replies while its requests queue (else both sides
+                # pause and neither reads: a deadlock).
+                if s.out_bytes > self.write_high_water and not (s.flags & SF_CLIENT):
                     self._pause(s, cid)
         return r
 
@@ -1029,13 +1057,14 @@ cdef class Engine:
         self._maybe_resume(s, cid)
 
     def close(self, cid, int code=1000, reason=b""):
-        """Start the closing handshake with `code`. False when the id is stale."""
+        """Start the closing handshake with `code` (one RFC 6455 §7.4 allows on the wire,
+        else ValueError); a reason over 123 bytes is cut at a UTF-8 character boundary.
+        False when the id is stale."""
         cdef Slot* s = self.table.get(cid) if 0 <= cid < 2**64 else NULL
-        if isinstance(reason, str):
-            reason = reason.encode()
+        cdef bytes r = _close_reason(code, reason)
         if s == NULL or s.state != SLOT_OPEN:
             return False
-        self._close_c(s, cid, code, bytes(reason)[:123], C_CLOSED_BY_SERVER)
+        self._close_c(s, cid, code, r, C_CLOSED_BY_SERVER, monotonic_ms_c())
         return True
 
     def abort(self, cid):
@@ -1078,6 +1107,8 @@ cdef class Engine:
         cdef uint32_t now = monotonic_ms_c()
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port {port} is outside 0..65535")
+        if request is not None and len(request) > self.max_pending_output:
+            raise ValueError("the upgrade request is larger than max_pending_output")
         idx = self._new_slot(-1, <const uint8_t*>PyBytes_AS_STRING(a), port, now,
                              request is not None)
         if idx < 0:
@@ -1085,9 +1116,9 @@ cdef class Engine:
         s = &self.table.slots[idx]
         cid = _cid(self.table, s)
         if request is not None:
-            s.state = SLOT_HANDSHAKE
             if self._feed_request(s, cid, request) < 0:
                 raise MemoryError("no pooled block for the upgrade request")
+            self.table.get(cid).state = SLOT_HANDSHAKE  # sans-I/O: "connected" at once
         return cid
 
     cdef int64_t _new_slot(self, int fd, const uint8_t* a16, uint16_t port, uint32_t now,
@@ -1106,29 +1137,40 @@ cdef class Engine:
         s = &self.table.slots[idx]
         s.ping_sent = now  # the handshake timeout counts from here
         if client:
-            s.state = SLOT_CONNECTING
-            s.flags |= SF_CLIENT
-            self.n_clients += 1
+            s.state = SLOT_CONNECTING  # a client (SF_CLIENT) once its request is queued
         else:
             s.state = SLOT_HANDSHAKE
             self.n_pending += 1
         return idx
 
     cdef int _feed_request(self, Slot* s, uint64_t cid, object request) except -2:
+        """Queue a new client slot's upgrade request, then make it a client. On failure
+        (pool ceiling) the slot is gone, and no on_close told anyone of an id never
+        returned: it was not a client yet."""
         cdef Py_buffer buf
         PyObject_GetBuffer(request, &buf, PyBUF_SIMPLE)
         try:
-            return self._queue(s, cid, <const uint8_t*>buf.buf, buf.len)
+            if self._queue(s, cid, <const uint8_t*>buf.buf, buf.len) < 0:
+                return -1
         finally:
             PyBuffer_Release(&buf)
+        s.flags |= SF_CLIENT
+        self.n_clients += 1
+        return 0
 
     def receive_data(self, cid, data):
         """Bytes received on `cid` (any size, any split). Callbacks run from here;
         then call data_to_send() for each connection that may answer. Returns False
         when `cid` is gone."""
         cdef Slot* s = self.table.get(cid) if 0 <= cid < 2**64 else NULL
+        cdef Parsing* p = self.table.parsing
         if s == NULL:
             return False
+        while p != NULL:
+            if p.idx == <uint32_t>(s - self.table.slots) and p.gen == s.gen:
+                raise RuntimeError("receive_data() for a connection whose bytes are being parsed "
+                                   "(called from its own callback)")
+            p = p.outer
         if len(data):
             self.in_batch = True
             try:
@@ -1206,7 +1248,7 @@ cdef class Engine:
                     if elapsed(t, s.ping_sent, close_timeout_ms):
                         self._drop(s, cid, 1006, C_CLOSED_CLOSE_TIMEOUT)
                 elif idle_timeout_ms and elapsed(t, s.last_message, idle_timeout_ms):
-                    self._close_c(s, cid, 1001, b"idle timeout", C_CLOSED_IDLE)
+                    self._close_c(s, cid, 1001, b"idle timeout", C_CLOSED_IDLE, t)
                 elif s.flags & SF_PING_SENT:
                     if pong_timeout_ms and elapsed(t, s.ping_sent, pong_timeout_ms):
                         self._drop(s, cid, 1006, C_CLOSED_PONG_TIMEOUT)
@@ -1225,8 +1267,8 @@ cdef class Engine:
         are not closing already (handshakes, HTTP requests, connects)."""
         cdef uint32_t i
         cdef Slot* s
-        if isinstance(reason, str):
-            reason = reason.encode()
+        cdef bytes r = _close_reason(code, reason)
+        cdef uint32_t now = monotonic_ms_c()
         self.in_batch = True
         try:
             for i in range(self.table.high):
@@ -1234,7 +1276,7 @@ cdef class Engine:
                 if s.state == SLOT_FREE or s.state == SLOT_CLOSING:
                     continue
                 if s.state == SLOT_OPEN:
-                    self._close_c(s, _cid(self.table, s), code, bytes(reason)[:123], C_CLOSED_BY_SERVER)
+                    self._close_c(s, _cid(self.table, s), code, r, C_CLOSED_BY_SERVER, now)
                 else:
                     self._drop(s, _cid(self.table, s), 1006, C_CLOSED_BY_SERVER)
         finally:
@@ -1264,6 +1306,21 @@ cdef class Engine:
             fn()
         except BaseException:
             _log_exception("callback")
+
+
+cdef bytes _close_reason(int code, object reason):
+    """A close frame's reason as bytes of at most 123, cut at a UTF-8 character
+    boundary; ValueError for a code that may not be sent (1005, 1006, 1015, ...)."""
+    cdef bytes r
+    cdef Py_ssize_t cut = 123
+    if not (0 <= code <= 0xFFFF and close_code_ok(code)):
+        raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
+    r = reason.encode() if isinstance(reason, str) else bytes(reason)
+    if len(r) <= 123:
+        return r
+    while cut > 0 and (r[cut] & 0xC0) == 0x80:  # r[cut] continues a character: cut before it
+        cut -= 1
+    return r[:cut]
 
 
 cdef void _log_exception(str where) noexcept:

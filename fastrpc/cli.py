@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("app")
     _common(worker)
     worker.add_argument("--index", type=int, default=0)
+    worker.add_argument("--parent", type=int, default=None)
     demo = sub.add_parser("demo", help="the demo node")
     _common(demo)
     args = p.parse_args(argv)
@@ -49,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         workers.run_loop(lambda: workers.serve_until_signal(args.app, args.host, args.port), args.loop)
         return 0
     if args.command == "worker":
+        workers.die_with_parent()
+        if args.parent is not None and os.getppid() != args.parent:
+            return 1  # the supervisor died before this worker got going
         workers.run_loop(lambda: workers.serve_until_signal(
-            args.app, args.host, args.port, reuse_port=True, worker=args.index), args.loop)
+            args.app, args.host, args.port, reuse_port=True, worker=args.index,
+            parent=args.parent), args.loop)
         return 0
     from .demo import run as run_demo
 

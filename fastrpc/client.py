@@ -185,12 +185,10 @@ class _Hub:
             max_clients=MAX_CLIENTS_PER_LOOP,
             max_message_size=key.max_message_size,
             max_fragments=65_536,
-            # The core stops reading a connection whose own output passes
-            # write_high_water: right for a server, a deadlock for a pipelining client
-            # (its burst of requests waits for a server that waits for us to read the
-            # replies). So a client keeps reading up to the point where it gives up
-            # on a server that does not read: out_cap bytes queued.
-            write_high_water=out_cap,
+            # The core keeps reading a client connection whatever it has queued (a
+            # pipelining client pausing for its own requests would deadlock against a
+            # server pausing for its replies); out_cap bytes queued to a server that
+            # does not read is where a client gives up on it.
             max_pending_output=out_cap,
         )
         self.clients: dict[int, Client] = {}
@@ -218,6 +216,7 @@ class _Hub:
     def _on_close(self, cid: int, code: int) -> None:
         client = self.clients.pop(cid, None)
         if client is not None:
+            client._socket_errno = self.reactor.last_errno  # why the socket ended, if it failed
             client._on_closed(code)
         if not self.clients and not self.retired:
             # Not from inside the core's callback: it may still flush this batch.
@@ -485,6 +484,7 @@ class Client:
         self._open_fut: asyncio.Future[None] | None = None
         self._closed_fut: asyncio.Future[int] | None = None
         self._reject: ConnectError | None = None
+        self._socket_errno = 0  # errno of the socket error that ended it (core last_errno)
         self._ids = 0
         self._pending: dict[int, _Call] = {}
         self._subs: dict[tuple[str, Any], list[_SubState]] = {}
@@ -622,8 +622,10 @@ class Client:
         if was == _CONNECTING:
             fut = self._open_fut
             if fut is not None and not fut.done():
+                why = (os.strerror(self._socket_errno).lower() if self._socket_errno
+                       else "connection closed")
                 fut.set_exception(self._reject or ConnectError(
-                    self.url, "connection refused or closed before the server answered the upgrade"))
+                    self.url, f"{why} before the server answered the upgrade"))
             self._cid = -1
             return  # connect() decides whether another address is tried
         self._state = _CLOSED

@@ -10,9 +10,14 @@ Namespaces:
   its circuit breaker opens). Neither slows ``chain_*`` down: each namespace has its
   own bulkhead.
 * ``chain_subscribe("newHeads")``: a new head every second as
-  ``chain_subscription`` notifications.
+  ``chain_subscription`` notifications (WebSocket only).
+* ``rpc_modules``: the namespaces above, as go-ethereum lists them.
 
-Try it::
+Try it over HTTP (the ``Content-Type`` header is required, as on go-ethereum)::
+
+    curl -s -H 'Content-Type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"chain_blockNumber"}' http://127.0.0.1:8546
+
+or over WebSocket (``pip install websockets``)::
 
     python -c "import asyncio, json, websockets
     async def main():
@@ -81,7 +86,8 @@ async def run(host: str, port: int) -> None:
     chain = Chain()
     server = build(chain)
     await server.start(host, port)
-    print(f"fastrpc demo node on ws://{host}:{server.port} (health: http://{host}:{server.port}/health)", flush=True)
+    print(f"fastrpc demo node on ws://{host}:{server.port} and http://{host}:{server.port} "
+          f"(health: http://{host}:{server.port}/health)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

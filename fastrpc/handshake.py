@@ -1,4 +1,5 @@
-"""The HTTP/1.1 side of a connection: the RFC 6455 §4 opening handshake and ``/health``.
+"""The HTTP/1.1 side of a connection: the RFC 6455 §4 opening handshake, ``/health`` and
+the head of a JSON-RPC ``POST``.
 
 Sans-I/O: no sockets, no event loop. The compiled core collects the request head (the
 bytes up to and including the first ``\\r\\n\\r\\n``, at most ``Limits.max_handshake_size``)
@@ -8,6 +9,10 @@ write and what to do next:
 * ``decision.upgrade`` is true: write ``decision.response`` (a 101) and switch the
   connection to WebSocket frames. The client may send frames as soon as it has read the
   101, so the frame reader must be in place before (or while) the response is written.
+* ``decision.rpc`` is true (a JSON-RPC ``POST``, only with ``policy.max_http_body`` set):
+  ``decision.response`` is empty. Read exactly ``decision.body_length`` bytes of body
+  (possibly 0), hand them to the JSON-RPC dispatcher and write :func:`rpc_response`;
+  then read the next request if ``decision.keep_alive``, else close.
 * otherwise: write ``decision.response`` (it carries ``Connection: close``), then close
   the connection. Bytes the client sent after the head (a request body, pipelined
   requests) are never read.
@@ -22,27 +27,46 @@ Order of checks, first failure wins:
    with its first ``\\r\\n\\r\\n``; no bare CR or LF; no control character other than HTAB
    anywhere → 400.
 2. request line ``METHOD SP request-target SP HTTP/x.y`` (target: visible ASCII): bad
-   syntax → 400; a well-formed version other than ``HTTP/1.1`` → 505. A leading empty
-   line is not tolerated (→ 400).
+   syntax → 400; a well-formed version other than ``HTTP/1.1`` → 505, except
+   ``HTTP/1.0`` for a ``POST`` when JSON-RPC over HTTP is served (benchmark tools such as
+   ``ab`` speak it; Host is then optional). A leading empty line is not tolerated (→ 400).
 3. header lines ``name: value``: more than :data:`MAX_HEADERS` → 431. Name is a token
    (RFC 9110 tchar), no whitespace before the colon, no obs-fold (a line starting with
    SP/HTAB) → 400; values are stripped of surrounding SP/HTAB. Host missing or repeated
-   → 400 (RFC 9112 §3.2); Origin, Content-Length, Sec-WebSocket-Key or
+   → 400 (RFC 9112 §3.2); Origin, Content-Length, Content-Type, Sec-WebSocket-Key or
    Sec-WebSocket-Version repeated → 400.
-4. method: a WebSocket attempt with a method other than GET → 405 ``Allow: GET``; a plain
-   request other than GET/HEAD → 405 with ``Allow: GET, HEAD`` on the health path and
-   ``Allow: GET`` elsewhere. Then the target must be in origin-form (starts with ``/``):
-   absolute-form and ``*`` → 400.
-5. body: ``Transfer-Encoding`` present, or a ``Content-Length`` that is not all digits
-   → 400 (a body we cannot frame is a request-smuggling signal); ``Content-Length`` > 0
-   → 413 (this server accepts no request content at all). ``Content-Length: 0`` is fine.
-6. routing. A request is a *WebSocket attempt* when its ``Upgrade`` header lists
+4. method: a WebSocket attempt with a method other than GET → 405 ``Allow: GET``. A
+   plain ``POST`` on an *RPC path* is a JSON-RPC request (below). An RPC path is any path
+   an upgrade would be accepted on (``policy.paths``, query ignored; every path when it is
+   None) except the health path, when ``policy.max_http_body`` is set. Any other plain
+   request than GET/HEAD → 405 with ``Allow: GET, HEAD`` on the health path,
+   ``Allow: GET, POST`` on an RPC path and ``Allow: GET`` elsewhere. Then the target must
+   be in origin-form (starts with ``/``): absolute-form and ``*`` → 400.
+5. a JSON-RPC ``POST`` ends here, with go-ethereum's checks (``rpc/http.go``) in its order
+   where it has them: ``Transfer-Encoding`` with ``Content-Length`` → 400;
+   ``Transfer-Encoding`` alone (chunked) or no ``Content-Length`` → 411 Length Required
+   (bodies are framed by ``Content-Length`` only); a bad ``Content-Length`` → 400; Origin
+   (403) and the auth hook (401/403/500) as for an upgrade; ``Content-Length`` over
+   ``policy.max_http_body`` → 413, decided before any of the body is read; a
+   ``Content-Type`` whose media type (parameters such as ``charset`` ignored) is not
+   ``application/json`` or one of go-ethereum's aliases (``application/json-rpc``,
+   ``application/jsonrequest``) → 415, a missing one included (curl's ``-d`` sends
+   ``application/x-www-form-urlencoded``: refused, as go-ethereum refuses it); the
+   ``admit_http`` callable (its own status). Accepted: the connection persists after the
+   answer unless the client asked otherwise (HTTP/1.1: ``Connection: close``; HTTP/1.0:
+   unless ``Connection: keep-alive``). Every error answer closes the connection: a body
+   is never read after one.
+6. body of every other request: ``Transfer-Encoding`` present, or a ``Content-Length``
+   that is not all digits → 400 (a body we cannot frame is a request-smuggling signal);
+   ``Content-Length`` > 0 → 413 (no request content is accepted there).
+   ``Content-Length: 0`` is fine.
+7. routing. A request is a *WebSocket attempt* when its ``Upgrade`` header lists
    ``websocket`` or it carries ``Sec-WebSocket-Key`` / ``Sec-WebSocket-Version``. Other
    ``Upgrade`` values (``h2c``...) are ignored as RFC 9110 §7.8 allows, so
    ``curl --http2 /health`` still works. Plain requests: ``policy.health_path`` with a
    ``health`` callable → 200 or what it reports (503 when draining or over the memory
    ceiling), JSON body; anything else → 404.
-7. WebSocket attempt (RFC 6455 §4.2.1): ``Upgrade`` lists ``websocket`` and
+8. WebSocket attempt (RFC 6455 §4.2.1): ``Upgrade`` lists ``websocket`` and
    ``Connection`` lists ``upgrade`` (case-insensitive comma lists) → else 400;
    ``Sec-WebSocket-Version`` is ``13`` → else (missing too) 426 with
    ``Sec-WebSocket-Version: 13``; ``Sec-WebSocket-Key`` is the canonical base64 of
@@ -78,6 +102,7 @@ __all__ = [
     "accept_key",
     "handle_request",
     "reject",
+    "rpc_response",
     "too_large",
     # statuses
     "HTTP_SWITCHING_PROTOCOLS",
@@ -87,7 +112,9 @@ __all__ = [
     "HTTP_FORBIDDEN",
     "HTTP_NOT_FOUND",
     "HTTP_METHOD_NOT_ALLOWED",
+    "HTTP_LENGTH_REQUIRED",
     "HTTP_CONTENT_TOO_LARGE",
+    "HTTP_UNSUPPORTED_MEDIA_TYPE",
     "HTTP_UPGRADE_REQUIRED",
     "HTTP_TOO_MANY_REQUESTS",
     "HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE",
@@ -106,6 +133,8 @@ WEBSOCKET_VERSION = "13"
 MAX_HEADERS = 100
 """Header lines in one request head; past it: 431."""
 DEFAULT_HEALTH_PATH = "/health"
+JSON_CONTENT_TYPES = frozenset(("application/json", "application/json-rpc", "application/jsonrequest"))
+"""Media types a JSON-RPC POST may declare (go-ethereum's ``acceptedContentTypes``)."""
 
 # --- HTTP statuses (every status this module or the server's admission sends) -------
 HTTP_SWITCHING_PROTOCOLS = 101
@@ -114,8 +143,10 @@ HTTP_BAD_REQUEST = 400  # malformed request line / headers / handshake fields
 HTTP_UNAUTHORIZED = 401  # auth hook returned False or 401
 HTTP_FORBIDDEN = 403  # Origin not allowed, or auth hook returned 403
 HTTP_NOT_FOUND = 404  # plain GET on a path that is not the health path; upgrade off policy.paths
-HTTP_METHOD_NOT_ALLOWED = 405  # method other than GET (upgrade) or GET/HEAD (plain)
-HTTP_CONTENT_TOO_LARGE = 413  # Content-Length > 0: no request content is accepted
+HTTP_METHOD_NOT_ALLOWED = 405  # method other than GET (upgrade), GET/HEAD (plain), POST (RPC path)
+HTTP_LENGTH_REQUIRED = 411  # JSON-RPC POST without Content-Length (chunked included)
+HTTP_CONTENT_TOO_LARGE = 413  # body over max_http_body (POST), or any body elsewhere
+HTTP_UNSUPPORTED_MEDIA_TYPE = 415  # JSON-RPC POST whose Content-Type is not JSON
 HTTP_UPGRADE_REQUIRED = 426  # Sec-WebSocket-Version missing or not 13
 HTTP_TOO_MANY_REQUESTS = 429  # server admission: per-IP connection limit
 HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE = 431  # head over the size limit or MAX_HEADERS
@@ -131,7 +162,9 @@ _PHRASES: dict[int, str] = {
     HTTP_FORBIDDEN: "Forbidden",
     HTTP_NOT_FOUND: "Not Found",
     HTTP_METHOD_NOT_ALLOWED: "Method Not Allowed",
+    HTTP_LENGTH_REQUIRED: "Length Required",
     HTTP_CONTENT_TOO_LARGE: "Content Too Large",
+    HTTP_UNSUPPORTED_MEDIA_TYPE: "Unsupported Media Type",
     HTTP_UPGRADE_REQUIRED: "Upgrade Required",
     HTTP_TOO_MANY_REQUESTS: "Too Many Requests",
     HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE: "Request Header Fields Too Large",
@@ -157,7 +190,7 @@ _digits = re.compile("[0-9]+").fullmatch
 # request line, then field lines (token ":" field-value chars), then the blank line.
 # Field-value chars are HTAB, SP, VCHAR and obs-text (RFC 9110 §5.5) — no CTL, no CR/LF.
 _valid_head = re.compile(
-    f"([{_TCHAR}]+) ([\\x21-\\x7e]+) HTTP/1\\.1\r\n"
+    f"([{_TCHAR}]+) ([\\x21-\\x7e]+) HTTP/1\\.([01])\r\n"
     f"((?:[{_TCHAR}]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
 ).fullmatch
 # Split the validated field block into (name, value + trailing OWS) pairs in one C call.
@@ -176,6 +209,7 @@ _FIELDS: dict[str, int] = {
     "host": _SINGLE,
     "origin": _SINGLE,
     "content-length": _SINGLE,
+    "content-type": _SINGLE,
     "sec-websocket-key": _SINGLE,
     "sec-websocket-version": _SINGLE,
     "upgrade": _LIST,
@@ -252,6 +286,7 @@ def _response(
     body: bytes,
     extra_headers: Iterable[tuple[str, str]] = (),
     head_only: bool = False,
+    connection: bytes = b"Connection: close\r\n",
 ) -> bytes:
     phrase = _PHRASES.get(status)
     if phrase is None:
@@ -259,7 +294,8 @@ def _response(
     parts = [
         f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii"),
         _date(),
-        b"Connection: close\r\nContent-Type: ",
+        connection,
+        b"Content-Type: ",
         content_type,
         f"\r\nContent-Length: {len(body)}\r\n".encode("ascii"),
     ]
@@ -284,6 +320,25 @@ def reject(status: int, reason: str, extra_headers: Iterable[tuple[str, str]] = 
     if status < 400:
         raise ValueError(f"reject() builds error responses, not {status}")
     return _response(status, b"text/plain; charset=utf-8", (reason + "\n").encode("utf-8"), extra_headers)
+
+
+def rpc_response(body: bytes, keep_alive: bool, *, http10: bool = False, keep_alive_timeout: int | None = None) -> bytes:
+    """The 200 answering a JSON-RPC ``POST``: ``Content-Type: application/json`` and
+    ``body`` (a reply, a batch reply, or empty when every request was a notification).
+
+    JSON-RPC errors travel in the body of a 200, as go-ethereum sends them. With
+    ``keep_alive`` the connection persists (HTTP/1.1's default; an HTTP/1.0 client is told
+    ``Connection: keep-alive``) and ``keep_alive_timeout`` seconds, when given, are
+    announced in ``Keep-Alive: timeout=N`` so clients stop reusing a connection before the
+    server drops it; otherwise ``Connection: close``: close after writing it.
+    """
+    if keep_alive:
+        connection = b"Connection: keep-alive\r\n" if http10 else b""
+        if keep_alive_timeout is not None:
+            connection += b"Keep-Alive: timeout=%d\r\n" % keep_alive_timeout
+    else:
+        connection = b"Connection: close\r\n"
+    return _response(HTTP_OK, b"application/json", body, (), False, connection)
 
 
 def too_large() -> bytes:
@@ -359,6 +414,9 @@ class HandshakePolicy:
     """Challenge sent in ``WWW-Authenticate`` with a 401 (RFC 9110 §15.5.2 requires one)."""
     max_handshake_size: int = Limits.max_handshake_size
     """Defensive repeat of the core's limit: a longer head → 431."""
+    max_http_body: int | None = None
+    """Bytes a JSON-RPC ``POST`` body may have (``Limits.http_body_limit``; → 413).
+    ``None``: JSON-RPC over HTTP is not served (a ``POST`` is a 405 like any other method)."""
 
     _exact_origins: frozenset[str] = field(init=False, repr=False, compare=False)
     _origin_match: Callable[[str], object] | None = field(init=False, repr=False, compare=False)
@@ -437,6 +495,15 @@ class Decision:
     ``""`` for a 101 and for health answers."""
     subprotocol: str | None = None
     """The subprotocol echoed in the 101, if any."""
+    rpc: bool = False
+    """A JSON-RPC ``POST`` accepted: ``response`` is empty; read ``body_length`` bytes,
+    dispatch them and answer with :func:`rpc_response`."""
+    body_length: int = 0
+    """Bytes of request body to read (``Content-Length``) when ``rpc``."""
+    keep_alive: bool = False
+    """When ``rpc``: read the next request after answering this one (else close)."""
+    http10: bool = False
+    """When ``rpc``: the request said ``HTTP/1.0`` (a kept-alive answer must say so)."""
 
 
 def _fail(
@@ -471,6 +538,7 @@ def handle_request(
     *,
     health: HealthHook | None = None,
     admit: AdmitHook | None = None,
+    admit_http: AdmitHook | None = None,
 ) -> Decision:
     """Decide the answer to one HTTP/1.1 request head.
 
@@ -480,13 +548,15 @@ def handle_request(
     ``admit()`` is called only for a valid upgrade that passed the Origin and auth checks,
     right before the 101; returning ``(status, reason, extra_headers)`` (e.g.
     ``(503, "server full", [("Retry-After", "5")])``) answers that error instead, ``None``
-    admits the connection.
+    admits the connection. ``admit_http()`` is its counterpart for a JSON-RPC ``POST`` that
+    passed every other check.
 
-    Never raises. After it: write ``decision.response``; if ``decision.upgrade``, switch the
-    connection to WebSocket frames, otherwise close it once the response is written.
+    Never raises. After it: if ``decision.rpc``, read the body and answer it (see the
+    module docstring); otherwise write ``decision.response`` and, if ``decision.upgrade``,
+    switch the connection to WebSocket frames, else close it once the response is written.
     """
     try:
-        return _handle(head, policy, health, admit)
+        return _handle(head, policy, health, admit, admit_http)
     except Exception:  # a bug here or a hook's bad return value: never leaks
         logger.exception("handshake: unexpected error")
         return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error")
@@ -497,6 +567,7 @@ def _handle(
     policy: HandshakePolicy,
     health: HealthHook | None,
     admit: AdmitHook | None,
+    admit_http: AdmitHook | None,
 ) -> Decision:
     # --- 1-3. framing, request line, header fields --------------------------------
     if len(head) > policy.max_handshake_size:
@@ -506,9 +577,13 @@ def _handle(
     if m is None:
         # Rare path: find out which rule broke, for a precise status.
         return _diagnose(text) or _fail(HTTP_BAD_REQUEST, "malformed request head")
-    method, target, block = m.groups()
-    pairs = _fields(block)
+    method, target, minor, block = m.groups()
     head_only = method == "HEAD"
+    http10 = minor == "0"
+    if http10 and (method != "POST" or policy.max_http_body is None):
+        return _fail(HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.1 is supported", None, target,
+                     head_only=head_only)
+    pairs = _fields(block)
     if len(pairs) > MAX_HEADERS:
         return _fail(HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields", None, target,
                      head_only=head_only)
@@ -531,8 +606,9 @@ def _handle(
             fields[lname] = f"{previous},{value}"
     host = fields.get("host")
     if host is None:
-        return _fail(HTTP_BAD_REQUEST, "missing Host header", headers, target, head_only=head_only)
-    if _host(host) is None:
+        if not http10:  # HTTP/1.0 predates Host (RFC 9112 §3.2 binds HTTP/1.1 clients)
+            return _fail(HTTP_BAD_REQUEST, "missing Host header", headers, target, head_only=head_only)
+    elif _host(host) is None:
         return _fail(HTTP_BAD_REQUEST, "invalid Host header", headers, target, head_only=head_only)
 
     # --- 4. method ------------------------------------------------------------------
@@ -543,37 +619,45 @@ def _handle(
         or "sec-websocket-version" in fields
     )
     path = target.partition("?")[0]
+    rpc_path = (
+        policy.max_http_body is not None
+        and path != policy.health_path
+        and (policy._paths is None or path in policy._paths)
+    )
     if websocket:
         if method != "GET":
             return _fail(HTTP_METHOD_NOT_ALLOWED, "WebSocket upgrade requires GET", headers, target,
                          (("Allow", "GET"),), head_only)
-    elif method != "GET" and method != "HEAD":
-        allow = "GET, HEAD" if path == policy.health_path else "GET"
+    elif method != "GET" and method != "HEAD" and not (method == "POST" and rpc_path):
+        allow = "GET, HEAD" if path == policy.health_path else "GET, POST" if rpc_path else "GET"
         return _fail(HTTP_METHOD_NOT_ALLOWED, "method not allowed", headers, target, (("Allow", allow),))
     # origin-form only: absolute-form and "*" are legal HTTP but no WebSocket or health
     # client sends them to an origin server.
     if target[0] != "/":
         return _fail(HTTP_BAD_REQUEST, "request target must be a path", headers, target,
                      head_only=head_only)
+    # --- 5. JSON-RPC POST -----------------------------------------------------------
+    if method == "POST":  # an RPC path: any other POST was answered 405 above
+        return _rpc_request(policy, fields, headers, target, http10, admit_http)
 
-    # --- 5. body --------------------------------------------------------------------
+    # --- 6. body --------------------------------------------------------------------
     if "transfer-encoding" in fields:
         return _fail(HTTP_BAD_REQUEST, "request body not accepted", headers, target, head_only=head_only)
     length = fields.get("content-length")
     if length is not None:
         if _digits(length) is None:
             return _fail(HTTP_BAD_REQUEST, "invalid Content-Length", headers, target, head_only=head_only)
-        if int(length) != 0:
+        if _length(length) != 0:
             return _fail(HTTP_CONTENT_TOO_LARGE, "request body not accepted", headers, target,
                          head_only=head_only)
 
-    # --- 6. plain HTTP --------------------------------------------------------------
+    # --- 7. plain HTTP --------------------------------------------------------------
     if not websocket:
         if health is not None and path == policy.health_path:
             return _health(health, headers, target, head_only)
         return _fail(HTTP_NOT_FOUND, "not found", headers, target, head_only=head_only)
 
-    # --- 7. WebSocket opening handshake (RFC 6455 §4.2.1) ---------------------------
+    # --- 8. WebSocket opening handshake (RFC 6455 §4.2.1) ---------------------------
     if not _has_token(upgrade_hdr, "websocket"):
         return _fail(HTTP_BAD_REQUEST, "Upgrade header must list websocket", headers, target)
     if not _has_token(fields.get("connection"), "upgrade"):
@@ -622,6 +706,65 @@ def _handle(
     return Decision(True, HTTP_SWITCHING_PROTOCOLS, response, headers, target, "", subprotocol)
 
 
+def _rpc_request(
+    policy: HandshakePolicy,
+    fields: dict[str, str],
+    headers: list[tuple[str, str]],
+    target: str,
+    http10: bool,
+    admit_http: AdmitHook | None,
+) -> Decision:
+    """The checks of a JSON-RPC ``POST`` head (step 5 of the module docstring)."""
+    length = fields.get("content-length")
+    if "transfer-encoding" in fields:
+        if length is not None:  # RFC 9112 §6.1: framed two ways, a smuggling signal
+            return _fail(HTTP_BAD_REQUEST, "both Transfer-Encoding and Content-Length", headers, target)
+        return _fail(HTTP_LENGTH_REQUIRED, "chunked request bodies are not supported: send Content-Length",
+                     headers, target)
+    if length is None:
+        return _fail(HTTP_LENGTH_REQUIRED, "Content-Length required", headers, target)
+    if _digits(length) is None:
+        return _fail(HTTP_BAD_REQUEST, "invalid Content-Length", headers, target)
+    if policy.allowed_origins is not None and not policy.origin_allowed(fields.get("origin")):
+        return _fail(HTTP_FORBIDDEN, "origin not allowed", headers, target)
+    if policy.auth is not None:
+        denied = _run_auth(policy, target, headers)
+        if denied is not None:
+            return denied
+    limit = policy.max_http_body
+    assert limit is not None  # only called for an RPC path
+    size = _length(length)
+    if size > limit:
+        return _fail(HTTP_CONTENT_TOO_LARGE, f"request body over {limit} bytes", headers, target)
+    media = fields.get("content-type", "").partition(";")[0].strip(" \t").lower()
+    if media not in JSON_CONTENT_TYPES:
+        return _fail(HTTP_UNSUPPORTED_MEDIA_TYPE, "invalid content type, only application/json is supported",
+                     headers, target)
+    if admit_http is not None:
+        try:
+            refusal = admit_http()
+            if refusal is not None:
+                status, reason, extra = refusal
+                if status < 400:
+                    raise ValueError(f"admit_http() refused with non-error status {status!r}")
+                return _fail(status, reason, headers, target, extra)
+        except Exception:
+            logger.exception("admit_http callable failed; answering 500")
+            return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target)
+    connection = fields.get("connection")
+    keep_alive = _has_token(connection, "keep-alive") if http10 else not _has_token(connection, "close")
+    return Decision(False, HTTP_OK, b"", headers, target, rpc=True, body_length=size,
+                    keep_alive=keep_alive, http10=http10)
+
+
+def _length(digits: str) -> int:
+    """A Content-Length's value; huge ones saturate (``int()`` refuses over 4300 digits)."""
+    digits = digits.lstrip("0")
+    if not digits:
+        return 0
+    return int(digits) if len(digits) <= 18 else 1 << 62
+
+
 def _diagnose(text: str) -> Decision | None:
     """The precise error of a head ``_valid_head`` refused, checking rule by rule.
 
@@ -642,7 +785,8 @@ def _diagnose(text: str) -> Decision | None:
         return _fail(HTTP_BAD_REQUEST, "malformed request line")
     method, target, version = m.groups()
     head_only = method == "HEAD"
-    if version != "HTTP/1.1":
+    # HTTP/1.0 parses (the fast grammar accepts it too); _handle decides where it is served.
+    if version != "HTTP/1.1" and version != "HTTP/1.0":
         return _fail(HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.1 is supported", None, target,
                      head_only=head_only)
     if len(lines) - 1 > MAX_HEADERS:

@@ -96,6 +96,17 @@ class Limits:
     """Subscriptions one connection may hold."""
     max_subscriber_queue: int = 4 * MiB
     """Bytes queued to one subscriber; past it the subscription is dropped."""
+    # --- JSON-RPC over HTTP (issue 9) --------------------------------------------------
+    max_http_body: int | None = None
+    """Bytes of one HTTP request body (its Content-Length); past it: 413, decided from
+    the header before any of the body is read. None: ``max_message_size`` (1 MiB), the
+    bound of one WebSocket message (go-ethereum's is 5 MiB: set it with a pool class that
+    holds it). The body is collected in one pooled block: it must fit the largest."""
+
+    @property
+    def http_body_limit(self) -> int:
+        """``max_http_body``, or ``max_message_size`` when it is None."""
+        return self.max_message_size if self.max_http_body is None else self.max_http_body
 
     def replace(self, **changes: Any) -> "Limits":
         return replace(self, **changes)
@@ -114,6 +125,11 @@ class Limits:
             raise ValueError("max_handshake_size exceeds the largest pool block")
         if self.max_pending_output < self.max_message_size + 14:
             raise ValueError("max_pending_output must hold one whole message and its frame header")
+        if self.max_http_body is not None and not 0 <= self.max_http_body <= max(self.pool_size_classes):
+            raise ValueError(
+                f"max_http_body ({self.max_http_body}) must be between 0 and the largest pool "
+                f"block ({max(self.pool_size_classes)}): add a larger size class"
+            )
         if self.max_message_size >= 2**31:
             raise ValueError("max_message_size must be below 2 GiB")
         for name in _TIMEOUTS:

@@ -31,6 +31,9 @@ Without a handler the server speaks JSON-RPC 2.0 (``fastrpc.dispatch.Dispatcher`
     server.register("chain", ChainService())      # chain_<public method>
     server.topic("chain", "newHeads")             # chain_subscribe("newHeads")
     server.publish("chain.newHeads", head)        # "<namespace>.<topic>"; on the loop thread
+
+A JSON-RPC server also answers JSON-RPC over HTTP ``POST`` on the same port
+(``fastrpc.http``; ``http_rpc=False`` turns it off) and serves ``rpc_modules``.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ from typing import Any, Callable, Protocol
 from . import _core
 from .dispatch import Dispatcher
 from .service import Registry
-from .handshake import HandshakePolicy, handle_request, reject, too_large
+from .handshake import HTTP_CONTENT_TOO_LARGE, HandshakePolicy, handle_request, reject, too_large
+from .http import HttpRpc
 from .limits import Limits
 
 log = logging.getLogger("fastrpc.server")
@@ -97,6 +101,8 @@ class Server:
     ``on_slow`` (JSON-RPC mode): a subscriber over ``max_subscriber_queue`` gets a
     -32004 error notification and loses the subscription (``"notify"``) or is closed
     with 1008 (``"close"``).
+    ``http_rpc`` (JSON-RPC mode): also answer JSON-RPC over HTTP ``POST`` on the same port,
+    with the same methods and limits (``fastrpc.http``).
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class Server:
         subprotocols: tuple[str, ...] = (),
         namespaces: list[str] | None = None,
         on_slow: str = "notify",
+        http_rpc: bool = True,
     ) -> None:
         self.limits = limits = limits or Limits()
         self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
@@ -125,11 +132,13 @@ class Server:
             write_high_water=limits.write_high_water,
             max_pending_output=limits.max_pending_output,
         )
+        http_rpc = http_rpc and handler is None
         # The parser's own size check must match the core's, or a raised limit still
         # gets 431 above the parser's default.
         self._policy = HandshakePolicy(
             allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols),
             max_handshake_size=limits.max_handshake_size,
+            max_http_body=limits.http_body_limit if http_rpc else None,
         )
         self._keep_headers = keep_headers
         self._headers: dict[int, list[tuple[str, str]]] = {}
@@ -139,7 +148,7 @@ class Server:
         self._draining = False
         self._over_rss = False
         self._started = False
-        self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0}
+        self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0, "http_body": 0}
         r = self.reactor
         r.http_431 = too_large()
         r.http_503 = reject(503, "too many connections", [("Retry-After", str(limits.retry_after))])
@@ -149,8 +158,10 @@ class Server:
         r.on_accept_paused = self._on_accept_paused
         self.dispatcher: Any = None
         self.registry: Any = None
+        self._http: HttpRpc | None = None
         if handler is None:
             self.registry = Registry(namespaces)
+            self.registry.add_rpc_modules()  # go-ethereum's namespace listing, always served
             # The dispatcher calls straight into the compiled core: no Python layer
             # between a reply and its frame.
             transport = SimpleNamespace(
@@ -159,6 +170,11 @@ class Server:
             )
             self.dispatcher = Dispatcher(transport, limits, registry=self.registry, on_slow=on_slow)
             handler = self.dispatcher
+            if http_rpc:
+                self._http = HttpRpc(r, self.registry, limits, keep_headers=keep_headers,
+                                     draining=lambda: self._draining)
+                r.on_body = self._http.on_body
+                r.on_http_close = self._http.on_http_close
         self.handler: Any = None
         self.set_handler(handler)
 
@@ -290,7 +306,9 @@ class Server:
         for s in self._sockets:
             s.close()
         self._sockets.clear()
-        await self._wait(lambda: r.inflight_total == 0, self.limits.drain_timeout)
+        http = self._http
+        await self._wait(lambda: r.inflight_total == 0 and (http is None or http.in_flight == 0),
+                         self.limits.drain_timeout)
         r.close_all(1001, b"server shutting down")
         await self._wait(lambda: len(r) == 0, self.limits.close_timeout)
         r.abort_all()
@@ -305,6 +323,8 @@ class Server:
         self._headers.clear()
         if self.dispatcher is not None:
             await self.dispatcher.aclose()  # calls still running past the drain: cancelled
+            if http is not None:
+                await http.aclose()
             self.registry.close()
         self.pool.trim()
         self._started = False
@@ -385,6 +405,14 @@ class Server:
             return (503, "server over its memory limit", retry)
         return None
 
+    def _admit_http(self) -> tuple[int, str, list[tuple[str, str]]] | None:
+        # A JSON-RPC POST takes no connection slot (it stays a pending handshake, bounded by
+        # max_pending_handshakes), but its body takes pool memory: refused over the soft limit.
+        if self._over_soft_limit():
+            self.refused["memory"] += 1
+            return (503, "server over its memory limit", [("Retry-After", str(self.limits.retry_after))])
+        return None
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """``GET /health``: 200 with load figures, 503 while draining or over the memory ceiling."""
         r = self.reactor
@@ -405,8 +433,14 @@ class Server:
             return 503, body
         return 200, body
 
-    def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes, bool]:
-        d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid))
+    def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes | int, int | bool]:
+        d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid),
+                           admit_http=self._admit_http)
+        if d.rpc:
+            assert self._http is not None  # the policy serves POST only with it
+            return self._http.on_request(cid, d)
+        if d.status == HTTP_CONTENT_TOO_LARGE:
+            self.refused["http_body"] += 1
         if d.upgrade and self._keep_headers:
             self._headers[cid] = d.headers
         return d.response, d.upgrade
@@ -465,6 +499,8 @@ class Server:
         m: dict[str, Any] = dict(self.reactor.counters_dict())
         for k, v in self.refused.items():
             m[f"refused_{k}"] = v
+        if self._http is not None:
+            m.update(self._http.metrics())
         p = self.pool.stats()
         m.update(
             connections=self.reactor.n_open,

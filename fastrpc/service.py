@@ -24,6 +24,10 @@ functions (a function that merely *returns* an awaitable is treated as synchrono
 The namespace allowlist (``Registry(namespaces=[...])`` or ``expose``) decides which
 registered namespaces are served; the others answer -32601, as if absent.
 
+``add_rpc_modules()`` serves go-ethereum's ``rpc_modules``: ``{"<namespace>": "1.0", ...}``
+for every exposed namespace with a method, ``rpc`` included. As in go-ethereum the ``rpc``
+namespace is built in: exposed whatever the allowlist, and reserved (``add`` refuses it).
+
 Parameter plans
     Each handler's signature is inspected once, at registration, into a ``Plan``. Per
     request the plan maps the JSON ``params`` onto the callable:
@@ -67,6 +71,8 @@ SUBSCRIBE = 3  #: built-in <ns>_subscribe
 UNSUBSCRIBE = 4  #: built-in <ns>_unsubscribe
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
+RPC_NAMESPACE = "rpc"  #: go-ethereum's built-in metadata namespace (rpc_modules)
+MODULE_VERSION = "1.0"  #: the version go-ethereum reports for every namespace
 _UNSET: Any = object()
 
 
@@ -626,6 +632,7 @@ class Registry:
     def __init__(self, namespaces: Iterable[str] | None = None) -> None:
         self._services: dict[str, Service] = {}
         self._allow: frozenset[str] | None = None if namespaces is None else frozenset(namespaces)
+        self._builtin: set[str] = set()  #: built-in namespaces: exposed whatever the allowlist
         #: Exposed methods by full name. Updated in place, so a Dispatcher may hold it.
         self.table: dict[str, Method] = {}
 
@@ -652,6 +659,11 @@ class Registry:
             namespace, short = "", name
         if not short or (sep and not namespace):
             raise ValueError(f"method name {name!r} must be <namespace>_<name> or a bare name")
+        if namespace == RPC_NAMESPACE:
+            raise ValueError(f"{name!r}: the {RPC_NAMESPACE!r} namespace is built in (rpc_modules)")
+        return self._add(namespace, name, short, fn)
+
+    def _add(self, namespace: str, name: str, short: str, fn: Callable[..., Any]) -> Method:
         svc = self.service(namespace)
         if name in svc.methods:
             raise ValueError(f"method {name!r} is already registered")
@@ -701,6 +713,8 @@ class Registry:
         """Declare a subscription topic; clients call ``<namespace>_subscribe`` with
         ``[name, *params]``. The first topic of a namespace adds the built-ins
         ``<namespace>_subscribe`` and ``<namespace>_unsubscribe``."""
+        if namespace == RPC_NAMESPACE:
+            raise ValueError(f"the {RPC_NAMESPACE!r} namespace is built in (rpc_modules)")
         svc = self.service(namespace)
         if name in svc.topics:
             raise ValueError(f"topic {name!r} of {namespace!r} already declared")
@@ -717,6 +731,19 @@ class Registry:
         topic = svc.topics[name] = Topic(namespace, name, params)
         return topic
 
+    def add_rpc_modules(self) -> Method:
+        """Serve ``rpc_modules`` (go-ethereum's namespace listing; see the module docstring).
+        The server calls it once; a second call raises ValueError."""
+        self._builtin.add(RPC_NAMESPACE)
+        return self._add(RPC_NAMESPACE, f"{RPC_NAMESPACE}_modules", "modules", self.modules)
+
+    def modules(self) -> dict[str, str]:
+        """``{"<namespace>": "1.0"}`` for every exposed namespace that has a method, sorted
+        (the default namespace ``""`` of bare method names is not a module)."""
+        names = {m.service.name for m in self.table.values()}
+        names.discard("")
+        return {name: MODULE_VERSION for name in sorted(names)}
+
     # --- exposing --------------------------------------------------------------------
 
     def expose(self, namespaces: Iterable[str] | None) -> None:
@@ -724,13 +751,13 @@ class Registry:
         self._allow = None if namespaces is None else frozenset(namespaces)
         table: dict[str, Method] = {}
         for svc in self._services.values():
-            if self._allow is None or svc.name in self._allow:
+            if self._allow is None or svc.name in self._allow or svc.name in self._builtin:
                 table.update(svc.methods)
         self.table.clear()
         self.table.update(table)
 
     def _publish(self, svc: Service, m: Method) -> None:
-        if self._allow is None or svc.name in self._allow:
+        if self._allow is None or svc.name in self._allow or svc.name in self._builtin:
             self.table[m.name] = m
 
     @property
@@ -780,7 +807,9 @@ class Registry:
 
 __all__ = [
     "ASYNC",
+    "MODULE_VERSION",
     "REQUIRED",
+    "RPC_NAMESPACE",
     "SUBSCRIBE",
     "SYNC",
     "THREADED",

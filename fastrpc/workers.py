@@ -84,8 +84,27 @@ def run_loop(main: Any, loop: str) -> None:
         asyncio.run(main())
 
 
+def die_with_parent() -> None:
+    """A worker must not outlive its supervisor (killed with SIGKILL, it cannot stop
+    them): ask Linux to send SIGTERM when the parent dies; elsewhere the worker's
+    watchdog (below) notices the new parent id."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
 async def serve_until_signal(app: str | Server, host: str, port: int, *, reuse_port: bool = False,
-                             worker: int | None = None) -> None:
+                             worker: int | None = None, parent: int | None = None) -> None:
     """Build (after start-up: after any fork), listen, print the ready line, and stop
     gracefully on SIGINT/SIGTERM: drain first, so a load balancer sees 503 while the
     requests in flight finish."""
@@ -95,9 +114,12 @@ async def serve_until_signal(app: str | Server, host: str, port: int, *, reuse_p
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = loop.create_task(_watch_parent(parent, stop)) if parent is not None else None
     who = f" (worker {worker}, pid {os.getpid()})" if worker is not None else ""
     print(f"{READY} on {host}:{server.port}{who}", flush=True)
     await stop.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     server.begin_drain()
     await server.stop()
 
@@ -130,7 +152,8 @@ class Supervisor:
 
     def _command(self, w: _Worker) -> list[str]:
         return [sys.executable, "-m", "fastrpc", "worker", self.app, "--host", self.host,
-                "--port", str(self.port), "--loop", self.loop, "--index", str(w.index)]
+                "--port", str(self.port), "--loop", self.loop, "--index", str(w.index),
+                "--parent", str(os.getpid())]
 
     def _reserve_port(self) -> None:
         """Pick the port once (port 0) and hold it bound, not listening, so every worker

@@ -137,9 +137,12 @@ class BlockingService:
 
 
 def make_registry(holder: dict[str, Dispatcher]) -> Registry:
-    """A fresh registry (breakers and counters start clean). ``holder["d"]`` must be set
-    to the dispatcher before ``sub_emit`` is called."""
-    return register_services(Registry(namespaces=EXPOSED), holder)
+    """A fresh registry (breakers and counters start clean), with ``rpc_modules`` as a
+    JSON-RPC ``Server`` has it. ``holder["d"]`` must be set to the dispatcher before
+    ``sub_emit`` is called."""
+    reg = Registry(namespaces=EXPOSED)
+    reg.add_rpc_modules()
+    return register_services(reg, holder)
 
 
 def register_services(reg: Registry, holder: dict[str, Any]) -> Registry:

@@ -60,7 +60,11 @@ class Command:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.send_signal(signal.SIGTERM)  # a supervisor stops its workers
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait(10)
         self.pump.join(10)  # EOF once the process (and any worker holding its stdout) is gone
         if self.proc.stdout is not None:
@@ -105,11 +109,12 @@ async def whoami_over(port: int, n: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie left for an init that does not reap counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_workers_share_the_port(command):
@@ -170,6 +175,16 @@ def test_one_worker_runs_in_process(command):
     assert asyncio.run(whoami_over(port, 4)) == [sup.proc.pid] * 4
     sup.proc.send_signal(signal.SIGINT)
     assert sup.proc.wait(20) == 0
+
+
+def test_workers_die_with_a_killed_supervisor(command):
+    sup, port, pids = start_workers(command, 2)
+    sup.proc.kill()  # SIGKILL: the supervisor cannot stop anything
+    sup.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
 
 
 def test_bad_app_specs():

@@ -2,7 +2,8 @@
 
 Every documented method is called over WebSocket, ``faulty_fail`` until its breaker
 opens (-32002), ``chain_subscribe("newHeads")`` until a head arrives, ``GET /health``;
-the README's client snippet is run as its own process against it; then SIGTERM must
+the README's client snippet is run as its own process against it, and so is every curl
+command line of the README (JSON-RPC over HTTP), read from README.md; then SIGTERM must
 close the open connection with 1001 and end the process with status 0 in time. The demo
 runs on the same loop as the test (``--loop asyncio`` / ``--loop uvloop``).
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import sys
 
 import orjson
+from httpclient import HttpConn
 from rawclient import http_request
 from rpcclient import RpcClient, RpcError
 
@@ -29,13 +33,68 @@ HEAD_WAIT = 5.0  #: the demo publishes a head every second
 
 #: The client snippet the README shows, verbatim (only the port is changed to the demo's).
 README_SNIPPET = """\
-import asyncio, json, websockets
+import asyncio, fastrpc
 async def main():
-    async with websockets.connect("ws://127.0.0.1:8546") as ws:
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "chain_blockNumber"}))
-        print(await ws.recv())
+    async with fastrpc.connect("ws://127.0.0.1:8546") as c:
+        print(await c.call("chain_blockNumber"))
 asyncio.run(main())
 """
+
+
+README = os.path.join(ROOT, "README.md")
+README_URL = "http://127.0.0.1:8546"
+
+
+def readme_curl_commands() -> list[str]:
+    """Every curl command line in the README, as written there."""
+    with open(README, encoding="utf-8") as f:
+        return sorted({line.strip() for line in f if line.startswith("curl ")})
+
+
+def curl_request_bytes(argv: list[str]) -> bytes:
+    """What curl sends for ``curl [-s] [-H h]... -d data URL`` (the fallback when curl is
+    not installed: the same request from a raw socket)."""
+    headers: list[str] = []
+    data = b""
+    url = argv[-1]
+    i = 1
+    while i < len(argv) - 1:
+        if argv[i] == "-H":
+            headers.append(argv[i + 1])
+            i += 2
+        elif argv[i] == "-d":
+            data = argv[i + 1].encode()
+            i += 2
+        else:
+            i += 1
+    if not any(h.lower().startswith("content-type:") for h in headers):
+        headers.append("Content-Type: application/x-www-form-urlencoded")  # curl's -d default
+    host = url.split("//", 1)[1].split("/", 1)[0]
+    lines = ["POST / HTTP/1.1", f"Host: {host}", "User-Agent: curl/8", "Accept: */*", *headers,
+             f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def run_curl(command: str, port: int) -> str:
+    """Run a README curl command against ``port``; its standard output."""
+    argv = shlex.split(command.replace(README_URL, f"http://127.0.0.1:{port}"))
+    assert argv[0] == "curl" and argv[-1] == f"http://127.0.0.1:{port}", argv
+    if shutil.which("curl") is None:  # pragma: no cover - curl is in the test image
+        async with await HttpConn.open(port) as conn:  # keep-alive: read one response
+            await conn.send(curl_request_bytes(argv))
+            resp = await conn.read_response()
+        return str(resp.status) if "-w" in argv else resp.body.decode()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), CALL_WAIT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out.decode()
 
 
 def free_port() -> int:
@@ -70,6 +129,8 @@ async def start_demo(port: int, loop_name: str) -> asyncio.subprocess.Process:
 
 
 async def run_snippet(port: int) -> str:
+    with open(README, encoding="utf-8") as f:
+        assert README_SNIPPET in f.read(), "the README's client snippet changed: update README_SNIPPET"
     code = README_SNIPPET.replace("ws://127.0.0.1:8546", f"ws://127.0.0.1:{port}")
     assert code != README_SNIPPET
     proc = await asyncio.create_subprocess_exec(
@@ -141,11 +202,22 @@ def test_demo_node(run, loop_name):
                 assert body_json["status"] == "ok" and body_json["connections"] >= 1
 
                 # The README's client snippet, run as its own program.
-                out = await run_snippet(port)
-                answer = orjson.loads(out.strip())
-                assert answer["id"] == 1 and answer["jsonrpc"] == "2.0"
-                assert answer["result"].startswith("0x")
+                out = await run_snippet(port)  # fastrpc.Client prints the result itself
+                assert out.strip().startswith("0x") and int(out.strip(), 16) >= 0, out
                 print(f"\nREADME snippet printed: {out.strip()}")
+
+                # The README's curl command lines (JSON-RPC over HTTP), run as written.
+                commands = readme_curl_commands()
+                assert commands and all("-H 'Content-Type: application/json'" in cmd for cmd in commands)
+                for command in commands:
+                    out = await run_curl(command, port)
+                    answer = orjson.loads(out)
+                    assert answer["id"] == 1 and answer["result"].startswith("0x"), out
+                    # Without the header curl declares a form: 415, as go-ethereum answers.
+                    bare = command.replace("-H 'Content-Type: application/json' ", "")
+                    bare = bare.replace("curl -s ", "curl -s -o /dev/null -w '%{http_code}' ")
+                    assert await run_curl(bare, port) == "415"
+                print(f"README curl printed: {out.strip()}")
                 assert c.unexpected == []
 
             # SIGTERM with a connection open: closed with 1001, exit status 0.

@@ -514,10 +514,6 @@ class TestSweepIdle:
         assert f.opcode == OP_CLOSE and f.mask is not None  # a client's frames are masked
         assert f.payload == close_payload(1001, b"idle timeout")
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "Engine.sweep(now=T) stamps the close it starts for an idle connection with the "
-        "real clock (_close_c: s.ping_sent = monotonic_ms_c()), not with T, so the close "
-        "timeout of a sweep driven by an explicit clock is measured across two clocks"))
     def test_the_idle_close_is_stamped_with_the_sweep_clock(self, peer):
         p = peer()
         e = p.engine
@@ -689,10 +685,6 @@ def zero_setup(check: str, p: Peer) -> tuple[int, object]:
 
 ZERO_CHECKS = [
     "handshake_timeout_ms", "idle_timeout_ms", "ping_interval_ms", "pong_timeout_ms",
-    pytest.param("close_timeout_ms", marks=pytest.mark.xfail(strict=True, reason=(
-        "sweep(close_timeout_ms=0) drops every CLOSING connection at once instead of "
-        "disabling the check as the docstring says ('0 disables a check'): the CLOSING "
-        "branch of Engine.sweep has no `close_timeout_ms and` guard"))),
 ]
 
 
@@ -709,6 +701,16 @@ class TestSweepZeroDisables:
         assert not acted()
         p.engine.sweep(**{**others, check: 1000}, now=later)
         assert acted()
+
+    def test_close_timeout_zero_drops_at_the_next_sweep(self, peer):
+        """close_timeout_ms is the one check 0 does not disable: 0 means "do not wait for
+        the peer's close frame" (Limits.close_timeout=0); "forever" is 2**32 - 1."""
+        p = peer()
+        cid, acted = zero_setup("close_timeout_ms", p)
+        p.engine.sweep(close_timeout_ms=2**32 - 1, now=1 << 30)
+        assert not acted()
+        p.engine.sweep(close_timeout_ms=0, now=1 << 30)
+        assert acted() and p.counter("closed_close_timeout") == 1
 
     def test_nothing_enabled_nothing_happens(self, peer):
         p = peer()
@@ -955,10 +957,6 @@ class TestRFC6455_4_1_OpeningHandshake:
         s.engine.receive_data(cid, UPGRADE_REQUEST + masked(OP_TEXT, b"eager"))
         assert s.events == [("handshake", cid, UPGRADE_REQUEST), ("text", cid, b"eager")]
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "_handshake_bytes applies max_handshake_size to every byte of the read, not to the "
-        "head: a 101 followed in the same read by frames of more than "
-        "max_handshake_size - len(head) bytes drops the client (handshake_too_large)"))
     def test_a_large_message_right_after_the_101(self, peer):
         c = peer(client=True)
         cid = c.engine.open_connection(request=UPGRADE_REQUEST)
@@ -966,9 +964,6 @@ class TestRFC6455_4_1_OpeningHandshake:
         c.engine.receive_data(cid, RESPONSE_101 + unmasked(OP_BINARY, pattern(65536)))
         assert c.of("binary") == [(cid, pattern(65536))]
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "_handshake_bytes applies max_handshake_size to every byte of the read, not to the "
-        "head: an upgrade request followed in the same read by a 10 KB frame is answered 431"))
     def test_a_large_frame_right_after_the_request(self, peer):
         s = peer()
         cid = s.engine.open_connection()
@@ -991,11 +986,6 @@ class TestRFC6455_4_1_OpeningHandshake:
             c.engine.open_connection()  # no server role in a client-only engine
         assert c.engine.n_clients == 2
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "open_connection(request=...) with a request over max_pending_output: _feed_request's "
-        "_queue drops the new slot as a slow reader, which calls on_close(cid, 1006) and counts "
-        "client_failed/closed_slow_reader for an id open_connection never returned, then raises "
-        "MemoryError('no pooled block ...') although the pool was not the cause"))
     def test_a_request_that_cannot_be_queued_leaves_no_trace(self, peer):
         c = peer(client=True, max_pending_output=100)
         before = c.engine.counters_dict()
@@ -1204,10 +1194,6 @@ class TestRFC6455_7_ClosingHandshake:
         assert link.s.of("text") == []
         assert link.s.of("close") == [(link.scid, 1000)] and link.scid not in link.s.engine
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "Engine.close truncates the reason to 123 bytes with bytes(reason)[:123], which can "
-        "cut a UTF-8 character: the peer fails the connection with 1007 (RFC 6455 §5.5.1 "
-        "requires a UTF-8 reason)"))
     def test_a_long_reason_is_cut_at_a_character_boundary(self, link):
         link.s.engine.close(link.scid, 1000, "é" * 100)  # 200 bytes
         link.pump()
@@ -1215,10 +1201,6 @@ class TestRFC6455_7_ClosingHandshake:
         f.payload[2:].decode("utf-8")
         assert link.c.of("close") == [(link.ccid, 1000)]
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "Engine.close sends any code, also those RFC 6455 §7.4 forbids on the wire "
-        "(0-999, 1004-1006, 1015, >= 5000); encode_close raises ValueError for them; the "
-        "peer fails the connection with 1002"))
     def test_a_code_that_may_not_be_sent_is_refused(self, link):
         for code in (0, 999, 1004, 1005, 1006, 1015, 2999, 5000):
             with pytest.raises(ValueError):
@@ -1555,16 +1537,23 @@ class TestNoBlockOutlivesItsConnection:
         assert p.counter("closed_slow_reader") == 1
         assert cid not in p.engine and p.pool.bytes_in_use == 0
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "receive_data(cid) called from a handler of the same cid while the rest of the outer "
-        "buffer also ends partial: the inner _frames stores its state in s.pstate, then the "
-        "outer _frames overwrites s.pstate with its own block, leaking the inner one (and its "
-        "msg_block); the inner bytes are also parsed before the rest of the outer buffer"))
     def test_receive_data_reentered_for_the_same_connection(self):
+        """Refused with RuntimeError (its bytes would be parsed before the rest of the
+        outer read, and two parser states would compete for the slot)."""
         p = Peer(pool=small_pool())  # not the fixture: the leak is asserted here, once
         cid = upgrade(p)
-        p.hooks[b"feed"] = lambda c: p.engine.receive_data(c, masked(OP_TEXT, text(300), fin=False))
+        refused = []
+
+        def feed(c):
+            try:
+                p.engine.receive_data(c, masked(OP_TEXT, text(300), fin=False))
+            except RuntimeError as e:
+                refused.append(str(e))
+
+        p.hooks[b"feed"] = feed
         p.engine.receive_data(cid, masked(OP_TEXT, b"feed") + masked(OP_BINARY, pattern(300))[:50])
+        assert refused and "being parsed" in refused[0]
+        assert p.engine.state(cid) == OPEN  # the outer parse carried on
         p.engine.abort(cid)
         assert p.pool.bytes_in_use == 0
 
@@ -1701,9 +1690,6 @@ class TestRFC9112_HTTPPhase:
         assert p.engine.state(cid) == HANDSHAKE and p.pool.bytes_in_use == 0
         assert p.counter("http_requests") == 2
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "_handshake_bytes applies max_handshake_size to every byte of the read, not to the "
-        "head: a small POST head with its 9000-byte body in one read is answered 431"))
     def test_a_body_larger_than_the_head_limit_in_the_same_read(self, peer):
         p = peer()
         p.http = lambda cid, head: (9000, HTTP_BODY)
@@ -1805,10 +1791,6 @@ class TestRFC9112_HTTPPhase:
         assert "bug in the handler" not in p.engine.http_500.decode()
 
     @pytest.mark.parametrize("bad", ["on_handshake raises", "on_body raises", "admission race"])
-    @pytest.mark.xfail(strict=True, reason=(
-        "refused_http ('HTTP answered with a status >= 400') does not count the answers the "
-        "core writes itself after a Python error (500, _request_head/_body_bytes except "
-        "branches) or an admission race (503, _http_answer), while it counts its own 400"))
     def test_core_written_errors_count_as_refused(self, peer, bad):
         p = peer(max_open=1)
         if bad == "admission race":
@@ -1906,10 +1888,6 @@ class TestResponseObjects:
     it is not. Run in a child process: the bug reads past the object."""
 
     @pytest.mark.parametrize("case", list(NON_BYTES.values()), ids=list(NON_BYTES))
-    @pytest.mark.xfail(strict=True, reason=(
-        "_http_answer (HTTP_UPGRADE, HTTP_KEEP_ALIVE) and respond() read a non-bytes response "
-        "with PyBytes_AS_STRING and index it as <bytes> without a type check: a bytearray or "
-        "memoryview response writes the object's own memory (pointers, heap bytes) to the peer"))
     def test_a_buffer_response(self, case):
         import subprocess
         import sys

@@ -237,6 +237,58 @@ class TestRegistration:
         assert camel_case("get_block_by_number") == "getBlockByNumber"
 
 
+class TestRpcModules:
+    """go-ethereum's ``rpc_modules`` (``rpc/server.go`` ``RPCService.Modules``)."""
+
+    def registry(self, namespaces=None) -> Registry:
+        reg = Registry(namespaces)
+        reg.add("eth_blockNumber", lambda: "0x1")
+        reg.add("net_version", lambda: "1")
+        reg.add("echo", lambda v: v)  # the default namespace "" is no module
+        reg.service("debug", timeout=1.0)  # configured, no method: not listed
+        reg.topic("chain", "newHeads")  # a topics-only namespace has its built-ins
+        reg.add_rpc_modules()
+        return reg
+
+    def test_lists_exposed_namespaces(self):
+        reg = self.registry()
+        assert reg.modules() == {"chain": "1.0", "eth": "1.0", "net": "1.0", "rpc": "1.0"}
+        assert list(reg.modules()) == sorted(reg.modules())
+        assert reg.table["rpc_modules"].fn() == reg.modules()
+        assert reg.table["rpc_modules"].kind == SYNC  # served by the compiled common call
+
+    def test_allowlist_respected_rpc_always_exposed(self):
+        reg = self.registry(["eth"])
+        assert reg.modules() == {"eth": "1.0", "rpc": "1.0"}
+        assert "rpc_modules" in reg and "net_version" not in reg
+        reg.expose(["net", "chain"])
+        assert reg.modules() == {"chain": "1.0", "net": "1.0", "rpc": "1.0"}
+        reg.expose([])
+        assert list(reg.table) == ["rpc_modules"]
+
+    def test_later_registrations_seen(self):
+        reg = self.registry()
+        reg.add("txpool_status", lambda: {})
+        assert "txpool" in reg.modules()
+
+    @pytest.mark.parametrize("name", ["rpc_modules", "rpc_other"])
+    def test_rpc_namespace_reserved(self, name):
+        reg = Registry()
+        with pytest.raises(ValueError, match="built in"):
+            reg.add(name, lambda: None)
+        with pytest.raises(ValueError, match="built in"):
+            reg.topic("rpc", "x")
+
+    def test_added_once(self):
+        reg = Registry()
+        reg.add_rpc_modules()
+        with pytest.raises(ValueError, match="already registered"):
+            reg.add_rpc_modules()
+
+    def test_not_added_by_default(self):
+        assert "rpc_modules" not in Registry()
+
+
 class TestTypeCheck:
     @pytest.mark.parametrize(
         "annotation, accepted, want",
