@@ -247,10 +247,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     server_cpus, client_cpus = cpu_plan(not args.no_pin)
     if BASELINE in names:
         _, env = server_setup(BASELINE, args.fastrpc_path)
-        pc = subprocess.run([sys.executable, "-c", "import fastrpc._core, fastrpc; "
-                             "print(fastrpc.__file__)"], cwd=ROOT, env=env, capture_output=True,
-                            text=True)
         want = args.fastrpc_path or ROOT
+        # cwd=want: ``python -c`` puts its working directory first on sys.path.
+        pc = subprocess.run([sys.executable, "-c", "import fastrpc._core, fastrpc; "
+                             "print(fastrpc.__file__)"], cwd=want, env=env, capture_output=True,
+                            text=True)
         if pc.returncode != 0 or not pc.stdout.startswith(str(want)):
             sys.exit(f"fastrpc's compiled core does not import from {want}; build it there:\n"
                      "  python setup.py build_ext --inplace\n" + pc.stderr[-400:])
