@@ -112,12 +112,25 @@ class Adapter:
 def fastrpc_connect() -> Callable[..., Any]:
     """``fastrpc.connect``, or ``fastrpc.client.connect`` while the package does not
     export it; ImportError when this fastrpc has no client."""
+    import importlib.util
+
     import fastrpc
 
+    home = os.path.dirname(os.path.abspath(fastrpc.__file__))
+    # Look before importing: an editable install's import finder can resolve
+    # ``fastrpc.client`` in another tree than the package itself, and such a mixture
+    # must never be measured (nor half-imported).
+    spec = importlib.util.find_spec("fastrpc.client")
+    where = os.path.dirname(os.path.abspath(spec.origin)) if spec and spec.origin else None
+    if where is None:
+        raise ImportError(f"no fastrpc.client in the fastrpc package at {home}")
+    if where != home:
+        raise ImportError(f"fastrpc.client resolves to {where}, outside the fastrpc package "
+                          f"at {home} (an editable install of another tree?)")
+    import fastrpc.client as client_mod  # noqa: PLC0415
+
     fn = getattr(fastrpc, "connect", None)
-    if fn is None:
-        from fastrpc.client import connect as fn  # noqa: PLC0415
-    return fn
+    return fn if fn is not None else client_mod.connect
 
 
 class FastrpcAdapter(Adapter):
