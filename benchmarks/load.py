@@ -205,14 +205,16 @@ def child_env() -> dict[str, str]:
 
 
 class ServerProcess:
-    def __init__(self, spec: ServerSpec, loop: str, cpus: set[int] | None, logdir: Path):
+    def __init__(self, spec: ServerSpec, loop: str, cpus: set[int] | None, logdir: Path,
+                 env: dict[str, str] | None = None):
+        """``env``: the server's environment (``child_env()`` unless given)."""
         self.spec, self.loop = spec, loop
         self.port = free_port()
         self.log_path = logdir / f"server-{spec.name}-{loop}.log"
         self.cmd = [sys.executable, spec.script, "--port", str(self.port), "--loop", loop,
                     *spec.extra]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env or child_env(), stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      preexec_fn=_pinned(cpus))
 

@@ -1,0 +1,279 @@
+"""``benchmarks/client_worker.py`` checks every result; these tests hold each client
+adapter to that against a scripted server that answers wrong on purpose, and check
+how ``client_load.py`` turns repeats into rows and ratios into goals. No speed is
+asserted anywhere."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+WORKER = BENCH / "client_worker.py"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def worker_env() -> dict[str, str]:
+    """This tree first on the worker's path; ``BENCH_FASTRPC_PATH=DIR`` puts another
+    tree before it (to check the fastrpc adapter against a client being written there,
+    as ``client_load.py --fastrpc-path DIR`` does)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("BENCH_FASTRPC_PATH"),
+                                                      str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def probe(client: str) -> dict:
+    p = subprocess.run([sys.executable, str(WORKER), "--client", client, "--url", "-",
+                        "--probe"], cwd=ROOT, env=worker_env(), capture_output=True, text=True,
+                       timeout=60)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", params=["websockets", "web3", "fastrpc"])
+def client(request) -> str:
+    """Each client whose library imports in the worker's environment. web3 is in the
+    bench extra; fastrpc.Client is skipped while this tree's fastrpc has no client
+    (branch client-pool is writing it)."""
+    name = request.param
+    if name == "web3":
+        pytest.importorskip("web3", reason="web3 is in the bench extra: pip install web3")
+    pr = probe(name)
+    if not pr["ok"]:
+        pytest.skip(f"{name} does not import in the worker's environment: {pr['error']}")
+    return name
+
+
+def run_worker(port: int, client: str, conns: int, depth: int, seconds: float = 0.4,
+               loop: str = "asyncio") -> dict:
+    """The worker through its real protocol: ``ready``, the times line, one JSON line."""
+    cmd = [sys.executable, str(WORKER), "--client", client, "--url", f"ws://127.0.0.1:{port}",
+           "--conns", str(conns), "--depth", str(depth), "--loop", loop]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        now = time.monotonic_ns()
+        t_start = now + 100_000_000
+        t_end = t_start + int(seconds * 1e9)
+        p.stdin.write(f"{t_start} {t_end} {t_end + 2_000_000_000}\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- a scripted JSON-RPC server ------------------------------------------------------------
+
+
+def read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    b0, b1 = read_exact(sock, 2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", read_exact(sock, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", read_exact(sock, 8))[0]
+    key = read_exact(sock, 4)
+    data = read_exact(sock, n)
+    return b0 & 0x0F, bytes(c ^ key[i % 4] for i, c in enumerate(data))
+
+
+def frame(op: int, payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes((0x80 | op, n)) if n < 126 else bytes((0x80 | op, 126)) + struct.pack("!H", n)
+    return head + payload
+
+
+class Scripted:
+    """Upgrades every connection (no extension), then answers each request (text or
+    binary, in the same opcode; web3 sends binary) as ``mode`` says:
+
+    * ``right``: every result correct;
+    * ``wrong``: ``echo`` answered with a wrong result, the rest correctly;
+    * ``error``: ``add`` answered with a JSON-RPC error object, the rest correctly.
+    """
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def answer(self, msg: dict) -> dict:
+        m, a = msg["method"], msg["params"]
+        if self.mode == "error" and m == "add":
+            return {"jsonrpc": "2.0", "id": msg["id"],
+                    "error": {"code": -32000, "message": "scripted failure"}}
+        result = {"echo": lambda: a[0], "add": lambda: a[0] + a[1],
+                  "eth_blockNumber": lambda: "0x10d4f"}[m]()
+        if self.mode == "wrong" and m == "echo":
+            result = "not what was sent"
+        return {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            key = [ln.split(b":", 1)[1].strip() for ln in head.split(b"\r\n")
+                   if ln.lower().startswith(b"sec-websocket-key:")][0]
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            while True:
+                op, data = read_frame(conn)
+                if op == 0x8:
+                    conn.sendall(frame(0x8, data[:2]))
+                    return
+                if op == 0x9:
+                    conn.sendall(frame(0xA, data))
+                    continue
+                if op not in (0x1, 0x2):
+                    continue
+                conn.sendall(frame(op, orjson.dumps(self.answer(orjson.loads(data)))))
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted():
+    made: list[Scripted] = []
+
+    def make(mode: str) -> Scripted:
+        s = Scripted(mode)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conns,depth", [(1, 4), (3, 1)])
+def test_right_results_are_counted(scripted, client, conns, depth):
+    srv = scripted("right")
+    res = run_worker(srv.port, client, conns, depth)
+    assert res["errors"] == 0, res["error_samples"]
+    assert res["answered"] > 0
+    assert res["total_answered"] >= res["answered"]
+    assert res["client_user_s"] + res["client_sys_s"] >= 0 and res["window_s"] > 0.3
+
+
+def test_wrong_result_is_an_error(scripted, client):
+    srv = scripted("wrong")
+    res = run_worker(srv.port, client, conns=2, depth=2)
+    # A third of the calls are echo calls, each answered wrong; the callers go on.
+    assert res["errors"] > 0
+    assert any("wrong result for echo" in s and "not what was sent" in s
+               for s in res["error_samples"]), res["error_samples"]
+    assert res["answered"] > 0  # the right answers still count, the wrong ones do not
+
+
+def test_error_reply_is_an_error(scripted, client):
+    srv = scripted("error")
+    res = run_worker(srv.port, client, conns=1, depth=3)
+    # request 2 of every ring of three is add(): an error reply ends each caller.
+    assert res["errors"] >= 3, res["error_samples"]
+    assert any("add(" in s and "scripted failure" in s for s in res["error_samples"]), \
+        res["error_samples"]
+
+
+def test_uvloop(scripted, client):
+    pytest.importorskip("uvloop")
+    srv = scripted("wrong")
+    res = run_worker(srv.port, client, conns=1, depth=2, loop="uvloop")
+    assert res["loop"] == "uvloop"
+    assert res["errors"] > 0 and res["answered"] > 0
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+sys.path.insert(0, str(BENCH))
+import client_load  # noqa: E402
+
+
+def row(client: str, loop: str, sc: str, us: float, rate: float = 1000.0, **kw) -> dict:
+    r = {"client": client, "label": client_load.CLIENTS[client].label, "loop": loop,
+         "scenario": sc, "valid": True, "calls_per_s": rate, "client_cpu_us_per_call": us,
+         "client_sys_us_per_call": us / 4, "client_exact_us_per_call": us,
+         "calls_per_client_cpu_s": 1e6 / us, "client_cores": 1.0,
+         "server_cpu_us_per_call": 5.0, "server_cores": 0.2, "other_cores": 0.0}
+    r.update(kw)
+    return r
+
+
+def test_combine_takes_the_median_and_invalid_wins():
+    reps = [row("websockets", "asyncio", "b", us) for us in (30.0, 10.0, 20.0, 40.0)]
+    r = client_load.combine(reps)
+    assert r["client_cpu_us_per_call"] == 20.0  # the lower middle of four
+    assert r["client_cpu_us_per_call_range"] == [10.0, 40.0]
+    reps[2]["valid"] = False
+    assert client_load.combine(reps)["valid"] is False
+
+
+def test_goals_are_ratios_of_client_cpu_per_call():
+    data = {"scenarios": {k: {"title": s.title, "short": s.short}
+                          for k, s in client_load.SCENARIOS.items()},
+            "clients": {k: {"label": c.label} for k, c in client_load.CLIENTS.items()},
+            "runs": [row("fastrpc", "asyncio", "b", 10.0),
+                     row("websockets", "asyncio", "b", 60.0),   # 6x: met (goal 5x)
+                     row("web3", "asyncio", "b", 150.0)]}       # 15x: not met (goal 20x)
+    lines = client_load.goals(data)
+    ws = next(ln for ln in lines if "websockets" in ln)
+    w3 = next(ln for ln in lines if "web3" in ln)
+    assert "6.00×" in ws and "**yes**" in ws
+    assert "15.0×" in w3 and "**no**" in w3
+    # Without a fastrpc row there is no goal to judge.
+    data["runs"] = data["runs"][1:]
+    assert "Not measured" in client_load.goals(data)[0]
