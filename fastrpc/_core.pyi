@@ -311,6 +311,9 @@ class Engine:
         """Sans-I/O: every byte waiting for ``cid``. If the connection ends after them,
         ``cid`` is no longer in the engine afterwards: write them, then close."""
     def __contains__(self, cid: object) -> bool: ...
+    def set_peer(self, cid: int, ip: str, port: int = 0) -> bool:
+        """The real client of a connection from a trusted proxy, set in the HTTP phase
+        (before admission counts the address per IP); False when too late or gone."""
     def state(self, cid: int) -> int | None:
         """The slot state (SLOT_* in _core.pxd), or None when ``cid`` is gone."""
     def admission(self, cid: int) -> int:

@@ -1079,6 +1079,20 @@ cdef class Engine:
         cdef Slot* s = self.table._slot(cid)
         return (addr_text(s.addr), s.port)
 
+    def set_peer(self, cid, ip, int port=0):
+        """Replace the peer address of a server connection still in the HTTP phase (the
+        real client behind a trusted proxy: X-Forwarded-For, PROXY protocol), before
+        admission counts it per IP. False when `cid` is gone or past that point."""
+        cdef Slot* s = self.table.get(cid) if 0 <= cid < 2**64 else NULL
+        cdef bytes a = _addr16(ip)
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} is outside 0..65535")
+        if s == NULL or (s.flags & (SF_IP_COUNTED | SF_CLIENT)) or not _http_phase(s.state):
+            return False
+        memcpy(s.addr, PyBytes_AS_STRING(a), 16)
+        s.port = <uint16_t>port
+        return True
+
     def state(self, cid):
         """The slot state (SLOT_* in _core.pxd) of `cid`, or None when it is gone."""
         cdef Slot* s = self.table.get(cid) if 0 <= cid < 2**64 else NULL

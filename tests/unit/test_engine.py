@@ -2248,3 +2248,24 @@ class TestMaskKeysAfterFork:
         assert int(before) == 0  # the child forgot the inherited keys ...
         assert int(after) == 1023  # ... and drew a fresh 4 KiB of its own
         assert bytes.fromhex(child_key) != parent_key
+
+
+class TestSetPeer:
+    """set_peer: the real client behind a trusted proxy, only while the address is not
+    yet counted per IP (the HTTP phase)."""
+
+    def test_in_the_http_phase(self, peer):
+        p = peer(max_per_ip=1)
+        cid = p.engine.open_connection("10.0.0.1", 5)
+        assert p.engine.set_peer(cid, "2001:db8::9", 443)
+        assert p.engine.peer(cid) == ("2001:db8::9", 443)
+        assert p.engine.admission(cid) == 0
+
+    def test_not_after_upgrade_nor_for_gone_ids(self, peer):
+        p = peer()
+        cid = upgrade(p)
+        assert not p.engine.set_peer(cid, "203.0.113.1")
+        p.engine.abort(cid)
+        assert not p.engine.set_peer(cid, "203.0.113.1")
+        with pytest.raises(ValueError):
+            p.engine.set_peer(p.engine.open_connection(), "not an address")
