@@ -679,16 +679,9 @@ def _handle(
             return denied
 
     if admit is not None:
-        try:
-            refusal = admit()
-            if refusal is not None:
-                status, reason, extra = refusal
-                if status < 400:
-                    raise ValueError(f"admit() refused with non-error status {status!r}")
-                return _fail(status, reason, headers, target, extra)
-        except Exception:
-            logger.exception("admit callable failed; answering 500")
-            return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target)
+        refused = _run_admit(admit, "admit", headers, target)
+        if refused is not None:
+            return refused
 
     subprotocol = None
     if policy.subprotocols:
@@ -741,16 +734,9 @@ def _rpc_request(
         return _fail(HTTP_UNSUPPORTED_MEDIA_TYPE, "invalid content type, only application/json is supported",
                      headers, target)
     if admit_http is not None:
-        try:
-            refusal = admit_http()
-            if refusal is not None:
-                status, reason, extra = refusal
-                if status < 400:
-                    raise ValueError(f"admit_http() refused with non-error status {status!r}")
-                return _fail(status, reason, headers, target, extra)
-        except Exception:
-            logger.exception("admit_http callable failed; answering 500")
-            return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target)
+        refused = _run_admit(admit_http, "admit_http", headers, target)
+        if refused is not None:
+            return refused
     connection = fields.get("connection")
     keep_alive = _has_token(connection, "keep-alive") if http10 else not _has_token(connection, "close")
     return Decision(False, HTTP_OK, b"", headers, target, rpc=True, body_length=size,
@@ -807,6 +793,23 @@ def _pick_subprotocol(preferred: tuple[str, ...], offered: str) -> str | None:
         if proto in offers:
             return proto
     return None
+
+
+def _run_admit(admit: Callable[[], tuple[int, str, list[tuple[str, str]]] | None], name: str,
+               headers: list[tuple[str, str]], target: str) -> Decision | None:
+    """An admission callable's refusal as a Decision (None: admitted). It must refuse
+    with an error status; one that raises, or refuses with a non-error, is a 500."""
+    try:
+        refusal = admit()
+        if refusal is None:
+            return None
+        status, reason, extra = refusal
+        if status < 400:
+            raise ValueError(f"{name}() refused with non-error status {status!r}")
+        return _fail(status, reason, headers, target, extra)
+    except Exception:
+        logger.exception("%s callable failed; answering 500", name)
+        return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target)
 
 
 def _run_auth(policy: HandshakePolicy, target: str, headers: list[tuple[str, str]]) -> Decision | None:
