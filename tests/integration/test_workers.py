@@ -187,8 +187,10 @@ def test_workers_die_with_a_killed_supervisor(command):
     assert not any(alive(p) for p in pids)
 
 
-def test_bad_app_specs():
+def test_bad_app_specs(monkeypatch):
     from fastrpc.workers import load_app
+
+    monkeypatch.syspath_prepend(str(ROOT))  # what `fastrpc serve` does with its cwd
 
     with pytest.raises(ValueError):
         load_app("no_colon")
