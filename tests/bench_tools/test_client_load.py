@@ -49,7 +49,7 @@ def client(request) -> str:
     (branch client-pool is writing it)."""
     name = request.param
     if name == "web3":
-        pytest.importorskip("web3", reason="web3 comes with the test extra: pip install -e ".[test]"")
+        pytest.importorskip("web3", reason="web3 comes with the test extra: pip install -e '.[test]'")
     pr = probe(name)
     if not pr["ok"]:
         pytest.skip(f"{name} does not import in the worker's environment: {pr['error']}")
