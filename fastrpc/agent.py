@@ -68,7 +68,7 @@ def agent_line(
 
 async def start_agent(
     line: Callable[[], str], host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Serve ``line()`` + ``\\n`` to every connection on ``host:port`` in the running loop
     (port 0 picks a free one: ``server.sockets[0].getsockname()``). Close it with
     ``close()`` and ``await wait_closed()``."""

@@ -161,7 +161,7 @@ class Server:
         self._proxy_peer: dict[int, tuple[str, int]] = {}
         self._agent_port = agent_port
         self._agent_max_inflight = agent_max_inflight or limits.max_connections
-        self._agent: asyncio.AbstractServer | None = None
+        self._agent: asyncio.Server | None = None
         self._sockets: list[socket.socket] = []
         self._reaper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
