@@ -539,6 +539,7 @@ def handle_request(
     health: HealthHook | None = None,
     admit: AdmitHook | None = None,
     admit_http: AdmitHook | None = None,
+    on_headers: Callable[[list[tuple[str, str]]], object] | None = None,
 ) -> Decision:
     """Decide the answer to one HTTP/1.1 request head.
 
@@ -549,14 +550,16 @@ def handle_request(
     right before the 101; returning ``(status, reason, extra_headers)`` (e.g.
     ``(503, "server full", [("Retry-After", "5")])``) answers that error instead, ``None``
     admits the connection. ``admit_http()`` is its counterpart for a JSON-RPC ``POST`` that
-    passed every other check.
+    passed every other check. ``on_headers(headers)`` is called once the header fields
+    parsed (Host included), before any other hook: the server takes the real client
+    address from a trusted proxy's ``X-Forwarded-For`` there (``fastrpc.proxies``).
 
     Never raises. After it: if ``decision.rpc``, read the body and answer it (see the
     module docstring); otherwise write ``decision.response`` and, if ``decision.upgrade``,
     switch the connection to WebSocket frames, else close it once the response is written.
     """
     try:
-        return _handle(head, policy, health, admit, admit_http)
+        return _handle(head, policy, health, admit, admit_http, on_headers)
     except Exception:  # a bug here or a hook's bad return value: never leaks
         logger.exception("handshake: unexpected error")
         return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error")
@@ -568,6 +571,7 @@ def _handle(
     health: HealthHook | None,
     admit: AdmitHook | None,
     admit_http: AdmitHook | None,
+    on_headers: Callable[[list[tuple[str, str]]], object] | None = None,
 ) -> Decision:
     # --- 1-3. framing, request line, header fields --------------------------------
     if len(head) > policy.max_handshake_size:
@@ -610,6 +614,8 @@ def _handle(
             return _fail(HTTP_BAD_REQUEST, "missing Host header", headers, target, head_only=head_only)
     elif _host(host) is None:
         return _fail(HTTP_BAD_REQUEST, "invalid Host header", headers, target, head_only=head_only)
+    if on_headers is not None:
+        on_headers(headers)
 
     # --- 4. method ------------------------------------------------------------------
     upgrade_hdr = fields.get("upgrade")

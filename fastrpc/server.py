@@ -46,11 +46,13 @@ from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from . import _core
+from .agent import agent_line, start_agent
 from .dispatch import Dispatcher
 from .service import Registry
 from .handshake import HTTP_CONTENT_TOO_LARGE, HandshakePolicy, handle_request, reject, too_large
 from .http import HttpRpc
 from .limits import Limits
+from .proxies import TrustedProxies
 
 log = logging.getLogger("fastrpc.server")
 
@@ -103,6 +105,13 @@ class Server:
     with 1008 (``"close"``).
     ``http_rpc`` (JSON-RPC mode): also answer JSON-RPC over HTTP ``POST`` on the same port,
     with the same methods and limits (``fastrpc.http``).
+    ``trusted_proxies``: networks (``["127.0.0.1", "10.0.0.0/8"]``) whose ``X-Forwarded-For``
+    names the real client (``fastrpc.proxies``): the per-IP cap and ``Context.peer`` then
+    apply to that client; ``X-Forwarded-For`` from any other peer is ignored.
+    ``agent_port``: also serve the HAProxy agent check (``fastrpc.agent``) on this port of
+    the host ``start()`` listens on (0 picks one: ``agent_port`` after start), for as long
+    as the server runs. ``agent_max_inflight``: requests in flight at which the agent
+    reports no spare capacity (default ``max_connections``).
     """
 
     def __init__(
@@ -117,6 +126,9 @@ class Server:
         namespaces: list[str] | None = None,
         on_slow: str = "notify",
         http_rpc: bool = True,
+        trusted_proxies: list[Any] | None = None,
+        agent_port: int | None = None,
+        agent_max_inflight: int | None = None,
     ) -> None:
         self.limits = limits = limits or Limits()
         self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
@@ -142,6 +154,14 @@ class Server:
         )
         self._keep_headers = keep_headers
         self._headers: dict[int, list[tuple[str, str]]] = {}
+        self._proxies = TrustedProxies(trusted_proxies) if trusted_proxies else None
+        # cid -> the proxy's own address, for a connection from a trusted proxy still in
+        # the HTTP phase: set_peer replaced the slot's address, and the next request on a
+        # kept-alive connection may come from another client. Dropped at the upgrade.
+        self._proxy_peer: dict[int, tuple[str, int]] = {}
+        self._agent_port = agent_port
+        self._agent_max_inflight = agent_max_inflight or limits.max_connections
+        self._agent: asyncio.Server | None = None
         self._sockets: list[socket.socket] = []
         self._reaper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -174,7 +194,7 @@ class Server:
                 self._http = HttpRpc(r, self.registry, limits, keep_headers=keep_headers,
                                      draining=lambda: self._draining)
                 r.on_body = self._http.on_body
-                r.on_http_close = self._http.on_http_close
+        r.on_http_close = self._on_http_close
         self.handler: Any = None
         self.set_handler(handler)
 
@@ -244,6 +264,14 @@ class Server:
             sock.close()
             raise
         self._sockets.append(sock)
+        if self._agent_port is not None:
+            try:
+                self._agent = await start_agent(self.agent_reply, host, self._agent_port, reuse_port=reuse_port)
+            except BaseException:
+                self._sockets.remove(sock)
+                self.reactor.remove_listeners()
+                sock.close()
+                raise
         self._loop = loop
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
@@ -273,6 +301,13 @@ class Server:
     @property
     def port(self) -> int:
         return int(self._sockets[0].getsockname()[1])
+
+    @property
+    def agent_port(self) -> int | None:
+        """The port the agent check listens on (None: no agent)."""
+        if self._agent is None or not self._agent.sockets:
+            return None
+        return int(self._agent.sockets[0].getsockname()[1])
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -321,6 +356,11 @@ class Server:
             self._reaper = None
         r.detach()
         self._headers.clear()
+        self._proxy_peer.clear()
+        if self._agent is not None:  # kept to the end: it says "drain" while connections close
+            self._agent.close()
+            await self._agent.wait_closed()
+            self._agent = None
         if self.dispatcher is not None:
             await self.dispatcher.aclose()  # calls still running past the drain: cancelled
             if http is not None:
@@ -433,9 +473,43 @@ class Server:
             return 503, body
         return 200, body
 
+    def agent_reply(self) -> str:
+        """The HAProxy agent-check line (without ``\\n``): ``up ready <spare>%``, ``drain``
+        or ``down`` (``fastrpc.agent``)."""
+        lim = self.limits
+        return agent_line(
+            draining=self._draining, over_memory=self._over_soft_limit(),
+            connections=self.reactor.n_open, max_connections=lim.max_connections,
+            memory=self.memory_in_use(), memory_soft_limit=lim.memory_limit * lim.memory_soft_ratio,
+            inflight=self.reactor.inflight_total, max_inflight=self._agent_max_inflight,
+        )
+
+    def _forwarded(self, cid: int, ip: str, port: int) -> Callable[[list[tuple[str, str]]], None] | None:
+        """The ``on_headers`` hook for a request from a trusted proxy, else None."""
+        proxies = self._proxies
+        if proxies is None:
+            return None
+        via = self._proxy_peer.get(cid)
+        if via is None:
+            if not proxies.trusts(ip):
+                return None
+            via = self._proxy_peer[cid] = (ip, port)
+
+        def on_headers(headers: list[tuple[str, str]]) -> None:
+            client = proxies.client_from_headers(via[0], headers)
+            if client is None:
+                client, client_port = via
+            else:
+                client_port = 0
+            self.reactor.set_peer(cid, client, client_port)
+
+        return on_headers
+
     def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes | int, int | bool]:
         d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid),
-                           admit_http=self._admit_http)
+                           admit_http=self._admit_http, on_headers=self._forwarded(cid, ip, port))
+        if d.upgrade and self._proxy_peer:
+            self._proxy_peer.pop(cid, None)
         if d.rpc:
             assert self._http is not None  # the policy serves POST only with it
             return self._http.on_request(cid, d)
@@ -444,6 +518,12 @@ class Server:
         if d.upgrade and self._keep_headers:
             self._headers[cid] = d.headers
         return d.response, d.upgrade
+
+    def _on_http_close(self, cid: int) -> None:
+        if self._proxy_peer:
+            self._proxy_peer.pop(cid, None)
+        if self._http is not None:
+            self._http.on_http_close(cid)
 
     def _on_close(self, cid: int, code: int) -> None:
         if self._keep_headers:
