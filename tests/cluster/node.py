@@ -72,7 +72,7 @@ async def main(args: argparse.Namespace) -> None:
         server.publish("eth.ticks", {"node": name, "n": n}, key="all")
         n += 1
         try:
-            await asyncio.wait_for(stop.wait(), 0.01)
+            await asyncio.wait_for(stop.wait(), args.tick)
         except asyncio.TimeoutError:
             pass
     await server.stop()
@@ -88,6 +88,7 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--log", default=None)
     p.add_argument("--loop", default="asyncio")
+    p.add_argument("--tick", type=float, default=0.01, help="seconds between published ticks")
     a = p.parse_args()
     if a.loop == "uvloop":
         import uvloop
