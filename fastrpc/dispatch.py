@@ -75,7 +75,7 @@ from .jsonrpc import (
     response_too_large,
 )
 from .limits import Limits
-from .service import ASYNC, SUBSCRIBE, SYNC, UNSUBSCRIBE, Method, Registry, Topic
+from .service import ASYNC, ROUTE, SUBSCRIBE, SYNC, UNSUBSCRIBE, Method, Registry, Topic
 from .subscriptions import Subscriptions
 
 log = logging.getLogger("fastrpc.dispatch")
@@ -187,6 +187,9 @@ class Dispatcher:
         self._max_batch = limits.max_batch_length
         self._max_batch_bytes = limits.max_batch_response_size
         self._default_timeout = limits.request_timeout
+        #: ``resolve(name) -> Method | None`` for names not in the table (a gateway
+        #: forwards every method: ``fastrpc.cluster``); None answers -32601 at once.
+        self.resolve: Any = None
         # The compiled entry point (fastrpc._fastcall): the common single synchronous
         # call without a Python frame, everything else through on_message's own path.
         # Instance attributes (a bound method of a compiled class, called with vectorcall),
@@ -253,9 +256,15 @@ class Dispatcher:
             return invalid_request(msg)
         m = self._table.get(method)
         if m is None:
-            return None if rid is NO_ID else method_not_found(rid)
+            resolve = self.resolve
+            if resolve is None or (m := resolve(method)) is None:
+                return None if rid is NO_ID else method_not_found(rid)
         if m.kind != SYNC:
             return self._call_special(cid, m, rid, params, b, idx)
+        return self._call_sync(cid, m, rid, params)
+
+    def _call_sync(self, cid: int, m: Method, rid: Any, params: Any) -> bytes | None:
+        """A synchronous method, run inline; returns the reply bytes (None: no id)."""
         bh = m.bulkhead
         if bh.state:
             code = bh.check()
@@ -285,6 +294,11 @@ class Dispatcher:
 
     def _call_special(self, cid: int, m: Method, rid: Any, params: Any, b: _Batch | None, idx: int) -> Any:
         kind = m.kind
+        if kind == ROUTE:  # forwardable (fastrpc.cluster): local or forwarded, per call
+            m = m.route(cid)
+            kind = m.kind
+            if kind == SYNC:
+                return self._call_sync(cid, m, rid, params)
         if kind == SUBSCRIBE:
             if b is not None:
                 if b.deferred is None:

@@ -79,8 +79,18 @@ REQUEST_TIMEOUT = -32001  # the call ran past its timeout (Limits.request_timeou
 SERVICE_UNAVAILABLE = -32002  # the namespace's circuit breaker is open: failing fast
 SERVICE_BUSY = -32003  # the namespace's bulkhead is full (max_concurrency calls running)
 SUBSCRIBER_TOO_SLOW = -32004  # subscription dropped: the subscriber's queue passed its cap
-TOO_MANY_SUBSCRIPTIONS = -32005  # the connection holds Limits.max_subscriptions already
+# -32005 is EIP-1474's "limit exceeded" (go-ethereum's clients and most Ethereum
+# libraries read it as "back off and retry"). fastrpc sends it for two limits, told
+# apart by the message: "too many subscriptions" (this connection's cap) and "server
+# busy" (fastrpc.cluster: this node and every peer it may forward to are over their
+# soft limits). -32003 "service busy" stays one namespace's bulkhead on one node.
+LIMIT_EXCEEDED = -32005
+TOO_MANY_SUBSCRIPTIONS = LIMIT_EXCEEDED  # the connection holds Limits.max_subscriptions already
+SERVER_BUSY = LIMIT_EXCEEDED  # over the soft limits and no peer can take the call (cluster)
+#: Message of a SERVER_BUSY answer (MESSAGES[-32005] is "too many subscriptions").
+SERVER_BUSY_MESSAGE = "server busy"
 RESPONSE_TOO_LARGE = -32006  # this call's reply would take the batch answer past its cap
+UPSTREAM_LOST = -32007  # a forwarded call's upstream connection dropped after sending: outcome unknown
 
 #: The fixed message sent with each code (handlers' own RPCErrors carry their own).
 MESSAGES: dict[int, str] = {
@@ -95,6 +105,7 @@ MESSAGES: dict[int, str] = {
     SUBSCRIBER_TOO_SLOW: "subscriber too slow",
     TOO_MANY_SUBSCRIPTIONS: "too many subscriptions",
     RESPONSE_TOO_LARGE: "response too large",
+    UPSTREAM_LOST: "upstream connection lost",
 }
 
 

@@ -90,6 +90,9 @@ class _Endpoint:
         self.connects = 0
         self.last_error: str | None = None
         self.retry_after: float | None = None
+        #: Reported busy by its own ``/health`` (``fastrpc.cluster.HealthPoller``): chosen
+        #: only when no healthy endpoint is free.
+        self.busy = False
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -303,7 +306,7 @@ class ClientPool:
             if not c.open or c is avoid:
                 continue
             k = c.in_flight
-            if ep.failures == 0:
+            if ep.failures == 0 and not ep.busy:
                 if best is None or k < best_n:
                     best, best_n = c, k
             elif fallback is None or k < fallback_n:
@@ -407,6 +410,23 @@ class ClientPool:
         (yields a ``Gap`` when it had to subscribe again; see the module docstring)."""
         return PoolSubscription(self, namespace, [topic, *params])
 
+    # --- load reported by the endpoints (fastrpc.cluster) ---------------------------
+
+    def set_busy(self, url: str, busy: bool) -> None:
+        """Mark endpoint ``url`` busy (its ``/health`` says so): calls go to it only
+        when no healthy endpoint is free."""
+        for ep in self._endpoints:
+            if ep.url == url:
+                ep.busy = busy
+
+    def free(self) -> int:
+        """Endpoints healthy (connected, no failure since) and not marked busy."""
+        return sum(1 for ep in self._endpoints if ep.healthy and not ep.busy)
+
+    @property
+    def urls(self) -> list[str]:
+        return [ep.url for ep in self._endpoints]
+
     # --- introspection ------------------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -416,6 +436,7 @@ class ClientPool:
         return {
             ep.url: {
                 "healthy": ep.healthy,
+                "busy": ep.busy,
                 "connections": sum(1 for c in ep.clients if c.open),
                 "in_flight": sum(c.in_flight for c in ep.clients),
                 "failures": ep.failures,

@@ -168,6 +168,10 @@ class Server:
         self._draining = False
         self._over_rss = False
         self._started = False
+        #: Connections that are forwarded hops (set up by ``forward()``; None: no forwarding).
+        self._hops: set[int] | None = None
+        #: Forwarding rules (``forward()``); their load figures go into ``/health``.
+        self.forwarders: list[Any] = []
         self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0, "http_body": 0}
         r = self.reactor
         r.http_431 = too_large()
@@ -229,6 +233,19 @@ class Server:
         self._rpc()
         return int(self.dispatcher.publish(topic, payload, key))
 
+    def forward(self, methods: Any, pool: Any, *, when: str = "overflow", **kw: Any) -> Any:
+        """Send calls of ``methods`` (a namespace, or a list of method names) through
+        ``pool`` (a ``ClientPool``) and relay the answers: ``when="overflow"`` only while
+        this node is over its soft limits, ``"always"`` for every call. See
+        ``fastrpc.cluster.Forwarder`` for the options; returns it. Start the pool
+        (``await pool.start()``) before calls arrive."""
+        from .cluster import Forwarder
+
+        self._rpc()
+        fwd = Forwarder(self, methods, pool, when=when, **kw)
+        self.forwarders.append(fwd)
+        return fwd
+
     def set_handler(self, handler: MessageHandler) -> None:
         self.handler = handler
         self.reactor.on_text = handler.on_text
@@ -275,6 +292,8 @@ class Server:
         self._loop = loop
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
+        for fwd in self.forwarders:
+            fwd.start()  # the peers' /health polls
         self._started = True
 
     def _ensure_open_files(self, needed: int) -> None:
@@ -356,6 +375,8 @@ class Server:
             self._reaper = None
         r.detach()
         self._headers.clear()
+        for fwd in self.forwarders:
+            await fwd.close()
         self._proxy_peer.clear()
         if self._agent is not None:  # kept to the end: it says "drain" while connections close
             self._agent.close()
@@ -465,6 +486,10 @@ class Server:
             "memory_bytes": self.memory_in_use(),
             "memory_limit": self.limits.memory_limit,
         }
+        if self.forwarders or self.dispatcher is not None:
+            from .cluster import health_load
+
+            body.update(health_load(self))
         if self._draining:
             body["status"] = "draining"
             return 503, body
@@ -517,6 +542,8 @@ class Server:
             self.refused["http_body"] += 1
         if d.upgrade and self._keep_headers:
             self._headers[cid] = d.headers
+        if d.upgrade and self._hops is not None:
+            self._mark_hop(cid, d.headers)
         return d.response, d.upgrade
 
     def _on_http_close(self, cid: int) -> None:
@@ -525,9 +552,26 @@ class Server:
         if self._http is not None:
             self._http.on_http_close(cid)
 
+    def _mark_hop(self, cid: int, headers: list[tuple[str, str]]) -> None:
+        """Remember the connections whose upgrade carried the hop marker (another node
+        forwarding: ``fastrpc.cluster.HOP_HEADER``); their calls are never forwarded."""
+        from .cluster import HOP_HEADER_LOWER
+
+        for name, _value in headers:
+            if name.lower() == HOP_HEADER_LOWER:
+                self._hops.add(cid)  # type: ignore[union-attr]
+                return
+
+    def is_hop(self, cid: int) -> bool:
+        """True when connection ``cid`` is another node forwarding to this one."""
+        hops = self._hops
+        return hops is not None and cid in hops
+
     def _on_close(self, cid: int, code: int) -> None:
         if self._keep_headers:
             self._headers.pop(cid, None)
+        if self._hops is not None:
+            self._hops.discard(cid)
         on_close = getattr(self.handler, "on_close", None)
         if on_close is not None:
             on_close(cid, code)

@@ -69,6 +69,9 @@ ASYNC = 1  #: coroutine function, one task per call
 THREADED = 2  #: plain function of a threaded namespace, run in its thread pool
 SUBSCRIBE = 3  #: built-in <ns>_subscribe
 UNSUBSCRIBE = 4  #: built-in <ns>_unsubscribe
+#: forwardable (fastrpc.cluster): ``route(cid)`` picks, per call, the Method that runs it
+#: (the local one, or one that forwards); never on the compiled fast path.
+ROUTE = 5
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
 RPC_NAMESPACE = "rpc"  #: go-ethereum's built-in metadata namespace (rpc_modules)
@@ -809,6 +812,7 @@ __all__ = [
     "ASYNC",
     "MODULE_VERSION",
     "REQUIRED",
+    "ROUTE",
     "RPC_NAMESPACE",
     "SUBSCRIBE",
     "SYNC",
