@@ -107,7 +107,9 @@ class ClientOptions:
 
     call_timeout: float | None = 60.0
     """Default seconds a call (or a batch) waits for its reply; ``call(timeout=...)``
-    overrides it per call. Past it: ``CallTimeout``."""
+    overrides it per call. Past it: ``CallTimeout``, raised no earlier than the timeout
+    and at most ``min(10 % of it, 100 ms)`` later (one deadline check per client, not
+    a timer per call; a batch has a timer of its own)."""
     open_timeout: float | None = 10.0
     """Seconds for name resolution, TCP connect and the 101 together → ``ConnectError``."""
     close_timeout: float = 5.0
