@@ -35,6 +35,12 @@ extensions = [
         extra_compile_args=cflags + ["-Wno-unused-function"],
     ),
     Extension(
+        "fastrpc._clientcall",
+        ["fastrpc/_clientcall.pyx"],
+        define_macros=macros,
+        extra_compile_args=cflags + ["-Wno-unused-function"],
+    ),
+    Extension(
         "fastrpc._fastcall",
         ["fastrpc/_fastcall.pyx"],
         define_macros=macros,

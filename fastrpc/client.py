@@ -66,6 +66,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from . import _core
+from ._clientcall import Call as _Call, ClientCore, Router, norm_params as _params
 from .errors import (
     CLOSE_ABNORMAL,
     CLOSE_NORMAL,
@@ -106,7 +107,9 @@ class ClientOptions:
 
     call_timeout: float | None = 60.0
     """Default seconds a call (or a batch) waits for its reply; ``call(timeout=...)``
-    overrides it per call. Past it: ``CallTimeout``."""
+    overrides it per call. Past it: ``CallTimeout``, raised no earlier than the timeout
+    and at most ``min(10 % of it, 100 ms)`` later (one deadline check per client, not
+    a timer per call; a batch has a timer of its own)."""
     open_timeout: float | None = 10.0
     """Seconds for name resolution, TCP connect and the 101 together → ``ConnectError``."""
     close_timeout: float = 5.0
@@ -194,8 +197,9 @@ class _Hub:
         self.clients: dict[int, Client] = {}
         self.retired = False
         r.on_response = self._on_response
-        r.on_text = self._on_message
-        r.on_binary = self._on_message
+        # Compiled: the common reply settles its call without a Python frame; any
+        # other message goes to Client._on_message.
+        r.on_text = r.on_binary = Router(self.clients)
         r.on_close = self._on_close
         r.attach(loop)
         timers = [t for t in (key.ping_interval_ms, key.pong_timeout_ms) if t]
@@ -207,11 +211,6 @@ class _Hub:
     def _on_response(self, cid: int, head: bytes) -> bool:
         client = self.clients.get(cid)
         return client is not None and client._on_response(head)
-
-    def _on_message(self, cid: int, payload: bytes) -> None:
-        client = self.clients.get(cid)
-        if client is not None:
-            client._on_message(payload)
 
     def _on_close(self, cid: int, code: int) -> None:
         client = self.clients.pop(cid, None)
@@ -420,50 +419,11 @@ _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 
-class _Call:
-    """A request waiting for its reply (one per id in ``Client._pending``)."""
-
-    __slots__ = ("fut", "method", "timer", "group", "hook")
-
-    def __init__(self, fut: asyncio.Future[Any] | None, method: str, group: object = None,
-                 hook: Callable[[Any], Any] | None = None) -> None:
-        self.fut = fut        # None: nobody waits (an unsubscribe sent on the way out)
-        self.method = method
-        self.timer: asyncio.TimerHandle | None = None
-        self.group = group    # the Batch this call belongs to
-        self.hook = hook      # runs on a result, synchronously, before the future is set
-
-    def settle(self, value: Any = None, exc: BaseException | None = None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        fut = self.fut
-        if fut is None or fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
-
-
-def _params(args: tuple[Any, ...], params: Any) -> Any:
-    if params is None:
-        return list(args)
-    if args:
-        raise TypeError("pass params either positionally or as params=, not both")
-    if type(params) is dict or type(params) is list:
-        return params
-    if isinstance(params, Mapping):
-        return dict(params)
-    if isinstance(params, (tuple, Sequence)) and not isinstance(params, (str, bytes)):
-        return list(params)
-    raise TypeError("params must be a dict (named) or a list (positional)")
-
-
 def _bad_error(err: Any) -> bool:
     return type(err) is not dict or type(err.get("code")) is not int or type(err.get("message")) is not str
 
 
-class Client:
+class Client(ClientCore):
     """One JSON-RPC connection. Make it with ``await fastrpc.connect(url, **options)``
     or ``async with fastrpc.connect(...) as c`` (options: ``ClientOptions``)."""
 
@@ -487,6 +447,7 @@ class Client:
         self._socket_errno = 0  # errno of the socket error that ended it (core last_errno)
         self._ids = 0
         self._pending: dict[int, _Call] = {}
+        self._default_timeout = float("inf") if options.call_timeout is None else options.call_timeout
         self._subs: dict[tuple[str, Any], list[_SubState]] = {}
         self._early: dict[tuple[str, Any], list[Any]] = {}
         self._subscribing = 0
@@ -512,6 +473,7 @@ class Client:
             raise RuntimeError("connect() was already called on this client")
         self._state = _CONNECTING
         loop = self._loop = asyncio.get_running_loop()
+        self._new_future = loop.create_future
         self._closed_fut = loop.create_future()
         t = self._target
         deadline = None if self.options.open_timeout is None else loop.time() + self.options.open_timeout
@@ -632,6 +594,7 @@ class Client:
         self.close_code = code
         self._send = None
         pending, self._pending = self._pending, {}
+        self._cancel_deadlines()
         for call in pending.values():
             call.settle(exc=ConnectionLost(code))
         subs, self._subs = self._subs, {}
@@ -711,55 +674,14 @@ class Client:
         t = self.options.call_timeout if timeout is None else timeout
         return None if t is None or t == float("inf") else t
 
-    def _request(self, method: str, params: Any, timeout: float | None,
-                 hook: Callable[[Any], Any] | None = None, wait: bool = True
-                 ) -> tuple[int, asyncio.Future[Any] | None]:
-        """Send one call; returns its id and the future of its result (None with
-        ``wait=False``: the reply is dropped when it comes)."""
-        send = self._send
-        if send is None or self._state != _OPEN:
-            raise self._lost()
-        rid = self._ids + 1
-        data = _dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-        self._ids = rid
-        assert self._loop is not None
-        fut = self._loop.create_future() if wait else None
-        call = _Call(fut, method, None, hook)
-        t = self._timeout(timeout)
-        if t is not None:
-            call.timer = self._loop.call_later(t, self._expire, rid, t)
-        self._pending[rid] = call
-        if not send(self._cid, data):
-            del self._pending[rid]
-            if call.timer is not None:
-                call.timer.cancel()
-            raise self._lost()
-        self.counters["calls"] += 1
-        return rid, fut
-
-    async def call(self, method: str, *args: Any, params: Any = None, timeout: float | None = None) -> Any:
-        """Call ``method`` and return its result.
-
-        Params go positionally (``call("eth_getBalance", addr, "latest")`` sends
-        ``"params": [addr, "latest"]``) or as ``params=`` (a dict for named params, a
-        list for a positional array built elsewhere); never both. ``timeout``: seconds,
-        default ``call_timeout``; ``float("inf")`` waits for ever.
-
-        Raises ``RPCError`` (error reply), ``CallTimeout``, ``ConnectionLost``,
-        ``InvalidReply``; ``TypeError`` for params orjson cannot encode.
-        """
-        rid, fut = self._request(method, _params(args, params), timeout)
-        try:
-            return await fut  # type: ignore[misc]
-        except asyncio.CancelledError:
-            self._forget(rid)
-            raise
+    # _request(method, params, timeout, hook=None, wait=True) -> (id, future or None)
+    # and call(method, *args, params=None, timeout=None) are compiled (ClientCore in
+    # _clientcall.pyx): request bytes without a dict, one deadline check per client
+    # instead of a timer per call.
 
     def _forget(self, rid: int) -> None:
         """The caller gave up (cancelled): its reply, if it comes, is a late one."""
-        call = self._pending.pop(rid, None)
-        if call is not None and call.timer is not None:
-            call.timer.cancel()
+        self._pending.pop(rid, None)
 
     async def notify(self, method: str, *args: Any, params: Any = None) -> None:
         """Send a notification (no id, no reply). Raises ``ConnectionLost`` when closed."""
@@ -781,13 +703,6 @@ class Client:
         results (see the module docstring). ``await`` it to subscribe before iterating
         (then ``.id`` is known)."""
         return Subscription(self, namespace, [topic, *params], timeout)
-
-    def _expire(self, rid: int, timeout: float) -> None:
-        call = self._pending.pop(rid, None)
-        if call is not None:
-            self.counters["timeouts"] += 1
-            call.timer = None
-            call.settle(exc=CallTimeout(call.method, timeout))
 
     # --- receiving -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ def stub_names(path: pathlib.Path) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("module", ["_fastcall", "_core"])
+@pytest.mark.parametrize("module", ["_fastcall", "_core", "_clientcall"])
 def test_stub_matches_module(module):
     mod = importlib.import_module(f"fastrpc.{module}")
     names = stub_names(PKG / f"{module}.pyi")
@@ -43,7 +43,7 @@ def test_stub_matches_module(module):
         assert hasattr(mod, name), f"{module}.pyi names {name}, the module has no such thing"
     # The module's own public names: not those it imports (classes, functions and
     # modules defined elsewhere, constants it re-binds from other modules).
-    imported = {"RPCError", "NO_ID", "NO_PARAMS", "PARSE_ERROR_REPLY", "NOT_AN_OBJECT_REPLY", "error"}
+    imported = {"RPCError", "CallTimeout", "NO_ID", "NO_PARAMS", "PARSE_ERROR_REPLY", "NOT_AN_OBJECT_REPLY", "error"}
     public = {
         n for n, obj in vars(mod).items()
         if not n.startswith("_") and n not in imported and not inspect.ismodule(obj)
