@@ -98,6 +98,19 @@ _LOUD_MALFORMED = 10
 #: Connections' subscription ids awaiting a subscribe reply (early notifications).
 _MAX_EARLY_KEYS = 256
 
+
+@dataclass(frozen=True)
+class Gap:
+    """A subscription item saying notifications were missed between ``time`` (loop
+    time) and the next item. Yielded by a pool subscription whose connection was lost
+    (``endpoint``: its URL, ``error``: why it ended), and by a client's subscription when
+    the server says so (a fastrpc gateway whose upstream failed over sends
+    ``{"subscription": id, "gap": true}``: ``error`` is None)."""
+
+    endpoint: str
+    error: BaseException | None
+    time: float
+
 _NEW, _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(5)
 
 
@@ -838,7 +851,10 @@ class Client(ClientCore):
             for st in states:
                 st.finish(exc)
             return
-        item = params.get("result")
+        if "result" not in params and params.get("gap") is True:
+            item: Any = Gap(self.url, None, asyncio.get_running_loop().time())
+        else:
+            item = params.get("result")
         for st in list(states):
             if not st.push(item):
                 self.counters["overflows"] += 1

@@ -53,7 +53,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Generator, Sequence
 
-from .client import Client, ClientOptions, Subscription, _params
+from .client import Client, ClientOptions, Gap, Subscription, _params
 from .errors import (
     CLOSE_NORMAL,
     CallTimeout,
@@ -66,17 +66,6 @@ log = logging.getLogger("fastrpc.pool")
 
 #: Times a call that never left this process is sent on another connection.
 _MAX_UNSENT_RESENDS = 8
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Yielded by a pool subscription when its connection was lost: notifications
-    published between ``time`` (loop time of the loss) and the next item were missed.
-    ``endpoint`` is the URL of the lost connection, ``error`` why it ended."""
-
-    endpoint: str
-    error: BaseException
-    time: float
 
 
 class _Endpoint:
