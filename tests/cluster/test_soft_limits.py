@@ -189,3 +189,70 @@ def test_max_in_flight_overflows_to_peers(crun, cluster):
             await x.close()
 
     crun(body(), 60)
+
+
+# --- (b) the memory soft limit --------------------------------------------------------------
+
+#: Every node: memory_limit 4 MiB, soft ratio 1/8, so the soft limit is 512 KiB, far
+#: above an idle node (a few connection slots) and under the hard ceiling with room.
+MEMORY = ["--memory-limit", str(4 << 20), "--memory-soft-ratio", "0.125"]
+#: A partial 60 KiB message borrows a 64 KiB block (sized from its length field) plus
+#: its parser state, until it completes or its connection closes: 8 of them pass 512 KiB.
+PARTIAL = encode_frame(OP_BINARY, b"m" * 60 * 1024, mask=True)[:100]
+HOLDERS = 8
+
+
+async def fill_memory(node: Any) -> list[RawWS]:
+    """Drive ``node`` past its memory soft limit with held partial messages (the
+    connections are opened first: over the soft limit upgrades get 503)."""
+    holders = [await RawWS.open(node.port) for _ in range(HOLDERS)]
+    for ws in holders:
+        await ws.send_raw(PARTIAL)
+    return holders
+
+
+def test_memory_soft_limit_overflows_to_peers(crun, cluster):
+    async def body():
+        a, b, c = await cluster(["a", "b", "c"], args=MEMORY)
+        nodes = [a, b, c]
+        await settle()
+        ca = await Caller.open(a)
+        status, h = await health(a)
+        assert status == 200 and h["busy"] is False and h["memory_bytes"] < 64 * 1024, h
+
+        holders = await fill_memory(a)
+        h = await wait_busy(a, True)
+        status, h = await health(a)
+        assert status == 503 and h["status"] == "over memory limit", (status, h)
+        assert h["memory_bytes"] > h["memory_limit"] * 0.125 and h["namespaces_busy"] == [], h
+        tokens = [f"t{i}" for i in range(4)]
+        by = answered_by(await ca.calls("work_do", [(t, 0.05) for t in tokens]), tokens, nodes)
+        assert by["a"] == 0 and by["b"] + by["c"] == 4, by
+        _, h = await health(a)
+        assert h["forwarded"] == 4, h
+
+        # The partial messages' connections close: their blocks go back, a is under it.
+        for ws in holders:
+            ws.close()
+        h = await wait_busy(a, False)
+        status, h = await health(a)
+        assert status == 200 and h["status"] == "ok" and h["forwarded"] == 4, (status, h)
+        assert answered_by(await ca.calls("work_do", [("back", 0.0)]), ["back"], nodes) == {"a": 1}
+
+        # Every node past its memory soft limit: refused at once, nothing runs.
+        holders = [ws for n in nodes for ws in await fill_memory(n)]
+        for n in nodes:
+            await wait_busy(n, True)
+        await asyncio.sleep(POLLED)
+        tokens = [f"busy{i}" for i in range(4)]
+        refused_at_once(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
+        _, h = await health(a)
+        assert h["refused_busy"] == 4 and h["forwarded"] == 4, h
+        for ws in holders:
+            ws.close()
+        for n in nodes:
+            await wait_busy(n, False)
+        await ca.close()
+
+    crun(body(), 60)
+
