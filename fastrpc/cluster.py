@@ -72,7 +72,7 @@ from .errors import (
     RPCError,
     SubscriptionOverflow,
 )
-from .isolation import OPEN, Bulkhead
+from .isolation import HALF_OPEN, OPEN, Bulkhead
 from .jsonrpc import NO_PARAMS, decode, encode
 from .pool import ClientPool, Gap, PoolSubscription
 from .server import Server
@@ -150,8 +150,12 @@ def gap_notice(namespace: str, sub_id: str) -> bytes:
 
 def bulkhead_full(bh: Any) -> bool:
     """The namespace would refuse a call now (-32003 busy or -32002 breaker open),
-    tested without taking a slot or a probe."""
-    if bh.state == OPEN and bh.clock() - bh.opened_at < bh.cooldown:
+    tested without taking a slot or a probe. Half-open, once its probes are out, the
+    breaker answers -32002 like an open one (``Bulkhead.check``): full too."""
+    state = bh.state
+    if state == OPEN and bh.clock() - bh.opened_at < bh.cooldown:
+        return True
+    if state == HALF_OPEN and bh.probes >= bh.half_open_probes:
         return True
     limit = bh.limit
     return limit is not None and bh.active >= limit

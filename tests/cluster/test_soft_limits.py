@@ -256,3 +256,71 @@ def test_memory_soft_limit_overflows_to_peers(crun, cluster):
 
     crun(body(), 60)
 
+
+# --- (d) an open breaker -------------------------------------------------------------------
+
+#: Every node: the work breaker opens after 3 consecutive failures, for 1 s.
+BREAKER = ["--failure-threshold", "3", "--cooldown", "1.0"]
+COOLDOWN = 1.0
+
+
+async def open_breaker(caller: Caller, prefix: str) -> float:
+    """3 failing work calls: the breaker opens. Returns when (loop time)."""
+    for msg, _ in await caller.calls("work_fail", [(f"{prefix}{i}",) for i in range(3)]):
+        assert msg["error"]["code"] == INTERNAL_ERROR, msg
+    return asyncio.get_running_loop().time()
+
+
+def test_open_breaker_overflows_to_peers(crun, cluster):
+    async def body():
+        a, b, c = await cluster(["a", "b", "c"], args=BREAKER)
+        nodes = [a, b, c]
+        loop = asyncio.get_running_loop()
+        await settle()
+        ca = await Caller.open(a)
+        _, h = await health(a)
+        assert h["busy"] is False and h["namespaces_busy"] == [], h
+
+        opened = await open_breaker(ca, "fail")
+        assert ran_on(nodes) == {f"fail{i}": ["a"] for i in range(3)}  # failed here, not forwarded
+        _, h = await health(a)
+        assert h["busy"] is True and h["namespaces_busy"] == ["work"] and h["forwarded"] == 0, h
+        tokens = [f"t{i}" for i in range(4)]
+        by = answered_by(await ca.calls("work_do", [(t, 0.05) for t in tokens]), tokens, nodes)
+        assert by["a"] == 0 and by["b"] + by["c"] == 4, by
+        _, h = await health(a)
+        assert h["forwarded"] == 4 and h["namespaces_busy"] == ["work"], h
+        assert loop.time() < opened + COOLDOWN, "too slow: the breaker closed before the checks"
+
+        # After the cool-down: not busy; the next call is the half-open probe and runs
+        # here; calls made while it runs are forwarded (the namespace would refuse them:
+        # one probe); once it succeeded the breaker is closed and calls run here again.
+        await asyncio.sleep(max(0.0, opened + COOLDOWN + 0.05 - loop.time()))
+        h = await wait_busy(a, False)
+        assert h["namespaces_busy"] == [], h
+        probe = await ca.send("work_do", "probe", 0.3)
+        tokens = [f"p{i}" for i in range(3)]
+        by = answered_by(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
+        assert by["a"] == 0 and by["b"] + by["c"] == 3, by
+        assert answered_by(await ca.wait([probe]), ["probe"], nodes) == {"a": 1}
+        h = await wait_busy(a, False)
+        assert h["forwarded"] == 7, h
+        tokens = [f"back{i}" for i in range(3)]
+        assert answered_by(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes) == {"a": 3}
+
+        # Every node's breaker open: refused at once, nothing runs.
+        cb, cc = await Caller.open(b), await Caller.open(c)
+        opened = min([await open_breaker(x, f"fail{x_name}") for x, x_name in ((ca, "a"), (cb, "b"), (cc, "c"))])
+        for n in nodes:
+            _, h = await health(n)
+            assert h["busy"] is True and h["namespaces_busy"] == ["work"], (n.name, h)
+        await asyncio.sleep(POLLED)
+        tokens = [f"busy{i}" for i in range(4)]
+        refused_at_once(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
+        _, h = await health(a)
+        assert h["refused_busy"] == 4 and h["forwarded"] == 7, h
+        assert loop.time() < opened + COOLDOWN, "too slow: the breakers closed before the checks"
+        for x in (ca, cb, cc):
+            await x.close()
+
+    crun(body(), 60)
