@@ -28,6 +28,7 @@ from typing import Any
 from rawclient import OP_BINARY, RawWS, http_request
 
 from fastrpc._core import encode_frame
+from fastrpc.cluster import HOP_HEADER
 from fastrpc.errors import INTERNAL_ERROR, SERVER_BUSY
 
 #: Bound of any one wait (seconds).
@@ -132,6 +133,22 @@ def refused_at_once(replies: list[tuple[dict[str, Any], float]], tokens: list[st
         assert ran[t] == [], f"{t} refused but ran on {ran[t]}"
 
 
+async def hop_caller(node: Any) -> Caller:
+    """A connection with the hop header: its calls are forwarded ones, as a peer sends
+    them (open it before the node is over its memory soft limit: upgrades get 503)."""
+    return Caller(await RawWS.open(node.port, extra=((HOP_HEADER, "1"),)))
+
+
+async def hop_refused(node: Any, hop: Caller, nodes: list[Any], token: str) -> None:
+    """A forwarded call to ``node`` over its limit (as a peer whose view of ``node``'s
+    /health is out of date would send it): -32005 at once, counted in ``node``'s
+    ``refused_busy``, never run."""
+    _, before = await health(node)
+    refused_at_once(await hop.calls("work_do", [(token, 0.0)]), [token], nodes)
+    _, after = await health(node)
+    assert after["refused_busy"] == before["refused_busy"] + 1, (before, after)
+
+
 async def settle() -> None:
     # The pools connect with backoff while later nodes start, and the first /health
     # polls must have been read: a call that does not overflow proves nothing.
@@ -151,6 +168,7 @@ def test_max_in_flight_overflows_to_peers(crun, cluster):
         nodes = [a, b, c]
         await settle()
         ca = await Caller.open(a)
+        hb = await hop_caller(b)
         _, h0 = await health(a)
         assert h0["busy"] is False and h0["forwarded"] == 0, h0
 
@@ -182,10 +200,11 @@ def test_max_in_flight_overflows_to_peers(crun, cluster):
         refused_at_once(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
         _, h = await health(a)
         assert h["refused_busy"] == 5 and h["forwarded"] == 4, h
+        await hop_refused(b, hb, nodes, "hop-b")  # b full: a forwarded call is not run there
         for x, ids in held:
             for msg, _ in await x.wait(ids):
                 assert "result" in msg, msg
-        for x in (ca, cb, cc):
+        for x in (ca, cb, cc, hb):
             await x.close()
 
     crun(body(), 60)
@@ -217,6 +236,7 @@ def test_memory_soft_limit_overflows_to_peers(crun, cluster):
         nodes = [a, b, c]
         await settle()
         ca = await Caller.open(a)
+        hb = await hop_caller(b)
         status, h = await health(a)
         assert status == 200 and h["busy"] is False and h["memory_bytes"] < 64 * 1024, h
 
@@ -248,11 +268,13 @@ def test_memory_soft_limit_overflows_to_peers(crun, cluster):
         refused_at_once(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
         _, h = await health(a)
         assert h["refused_busy"] == 4 and h["forwarded"] == 4, h
+        await hop_refused(b, hb, nodes, "hop-b")
         for ws in holders:
             ws.close()
         for n in nodes:
             await wait_busy(n, False)
         await ca.close()
+        await hb.close()
 
     crun(body(), 60)
 
@@ -278,6 +300,7 @@ def test_open_breaker_overflows_to_peers(crun, cluster):
         loop = asyncio.get_running_loop()
         await settle()
         ca = await Caller.open(a)
+        hb = await hop_caller(b)
         _, h = await health(a)
         assert h["busy"] is False and h["namespaces_busy"] == [], h
 
@@ -319,8 +342,9 @@ def test_open_breaker_overflows_to_peers(crun, cluster):
         refused_at_once(await ca.calls("work_do", [(t, 0.0) for t in tokens]), tokens, nodes)
         _, h = await health(a)
         assert h["refused_busy"] == 4 and h["forwarded"] == 7, h
+        await hop_refused(b, hb, nodes, "hop-b")
         assert loop.time() < opened + COOLDOWN, "too slow: the breakers closed before the checks"
-        for x in (ca, cb, cc):
+        for x in (ca, cb, cc, hb):
             await x.close()
 
     crun(body(), 60)
