@@ -16,7 +16,8 @@ memory_soft_ratio``, or ``rss_limit``), or the method's namespace busy (bulkhead
   ``X-Fastrpc-Hop: 1`` (``HOP_HEADER``; give the pool ``headers=hop_headers()``, or
   let ``peer_pool()`` do it). Every call arriving on such a connection is a forwarded
   one and runs where it lands, never forwarded again (one hop at most, so two busy
-  nodes cannot bounce a call between them). A client sending the header only opts
+  nodes cannot bounce a call between them); a node over any of its soft limits
+  answers it -32005 (counted in its ``refused_busy``). A client sending the header only opts
   itself out of being forwarded.
 * **Server busy.** When the node is over its soft limits and no peer is free (every
   one down, or reporting ``"busy": true`` in its ``/health``), the client gets at once
@@ -72,7 +73,7 @@ from .errors import (
     RPCError,
     SubscriptionOverflow,
 )
-from .isolation import OPEN, Bulkhead
+from .isolation import HALF_OPEN, OPEN, Bulkhead
 from .jsonrpc import NO_PARAMS, decode, encode
 from .pool import ClientPool, Gap, PoolSubscription
 from .server import Server
@@ -150,8 +151,12 @@ def gap_notice(namespace: str, sub_id: str) -> bytes:
 
 def bulkhead_full(bh: Any) -> bool:
     """The namespace would refuse a call now (-32003 busy or -32002 breaker open),
-    tested without taking a slot or a probe."""
-    if bh.state == OPEN and bh.clock() - bh.opened_at < bh.cooldown:
+    tested without taking a slot or a probe. Half-open, once its probes are out, the
+    breaker answers -32002 like an open one (``Bulkhead.check``): full too."""
+    state = bh.state
+    if state == OPEN and bh.clock() - bh.opened_at < bh.cooldown:
+        return True
+    if state == HALF_OPEN and bh.probes >= bh.half_open_probes:
         return True
     limit = bh.limit
     return limit is not None and bh.active >= limit
@@ -191,9 +196,13 @@ class _Routed(Method):
     def route(self, cid: int) -> Method:
         f = self.forwarder
         if f.server.is_hop(cid):
-            # Forwarded to us: runs here. If our namespace is full too (the forwarding
-            # node's view of our /health was out of date) that is the cluster's busy.
-            return _BUSY if bulkhead_full(self.local.bulkhead) else self.local
+            # Forwarded to us: runs here. If we are over a soft limit too, our namespace
+            # full or the node-wide ones (the forwarding node's view of our /health was
+            # out of date), that is the cluster's busy.
+            if bulkhead_full(self.local.bulkhead) or f.over_node_limits():
+                f.counters["busy"] += 1
+                return _BUSY
+            return self.local
         return self.remote if f.should_forward(self.local, cid) else self.local
 
 

@@ -3,7 +3,8 @@
 Reuses ``tests/integration_client``'s fixtures: ``run`` / ``loop_name`` (every test on
 asyncio and uvloop, servers stopped and checked at the end) and ``crun`` (``run`` plus
 the client teardown check: every client and pool closed, no pooled block leaked).
-``cluster(n, concurrency=...)`` starts ``n`` nodes that overflow to each other.
+``cluster(names, concurrency=..., args=...)`` starts nodes that overflow to each other
+(``args``: more ``node.py`` options, for every node or per name).
 """
 from __future__ import annotations
 
@@ -55,16 +56,17 @@ class ClusterNode(Node):  # type: ignore[misc, valid-type]
     ``"name token"`` lines of every call it started."""
 
     def __init__(self, name: str, workdir: str, loop_name: str, port: int,
-                 peers: list[int], concurrency: int) -> None:
+                 peers: list[int], concurrency: int, extra: list[str] | None = None) -> None:
         super().__init__(name, workdir, loop_name)
         self.port = port
         self.peers = peers
         self.concurrency = concurrency
+        self.extra = list(extra or ())
 
     async def start(self) -> "ClusterNode":
         assert self.proc is None, "already running"
         cmd = [sys.executable, NODE_SCRIPT, "--name", self.name, "--port", str(self.port),
-               "--log", self.log, "--loop", self.loop_name, "--concurrency", str(self.concurrency)]
+               "--log", self.log, "--loop", self.loop_name, "--concurrency", str(self.concurrency), *self.extra]
         for p in self.peers:
             cmd += ["--peer", f"ws://127.0.0.1:{p}/"]
         with open(self.errlog, "ab") as err:
@@ -99,15 +101,19 @@ class ClusterNode(Node):  # type: ignore[misc, valid-type]
 
 @pytest.fixture
 def cluster(tmp_path: Any, loop_name: str) -> Any:
-    """``await cluster(["a", "b", "c"], concurrency={"a": 4})``: started nodes, each with
-    every other as peer; all killed at the end."""
+    """``await cluster(["a", "b", "c"], concurrency={"a": 4}, args={"a": ["--max-in-flight",
+    "3"]})``: started nodes, each with every other as peer; all killed at the end.
+    ``args``: a list (every node) or name -> list of more ``node.py`` options."""
     made: list[ClusterNode] = []
 
-    async def make(names: list[str], concurrency: dict[str, int] | None = None) -> list[ClusterNode]:
+    async def make(names: list[str], concurrency: dict[str, int] | None = None,
+                   args: list[str] | dict[str, list[str]] | None = None) -> list[ClusterNode]:
         ports = {n: free_port() for n in names}
         conc = concurrency or {}
+        extra = args if isinstance(args, dict) else {n: list(args or ()) for n in names}
         nodes = [ClusterNode(n, str(tmp_path), loop_name, ports[n],
-                             [ports[m] for m in names if m != n], conc.get(n, 16)) for n in names]
+                             [ports[m] for m in names if m != n], conc.get(n, 16), extra.get(n))
+                 for n in names]
         made.extend(nodes)
         for node in nodes:
             await node.start()

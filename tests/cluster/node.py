@@ -1,6 +1,12 @@
 """A fastrpc node that overflows to its peers, in its own process (killed mid-run).
 
     python node.py --name a --port P [--peer ws://127.0.0.1:Q/ ...] [--concurrency 4] [--log FILE]
+        [--max-in-flight N] [--memory-limit BYTES --memory-soft-ratio R]
+        [--failure-threshold N --cooldown SECONDS]
+
+The soft limits of issue 10: ``--max-in-flight`` is ``forward(max_in_flight=)``;
+``--memory-limit`` / ``--memory-soft-ratio`` are the ``Limits``' (the memory soft limit
+is their product); ``--failure-threshold`` / ``--cooldown`` are the ``work`` breaker's.
 
 Prints ``listening on 127.0.0.1:PORT`` once it accepts connections. Methods:
 
@@ -10,6 +16,8 @@ Prints ``listening on 127.0.0.1:PORT`` once it accepts connections. Methods:
   - ``work_do(token, seconds)`` (async, not idempotent): appends ``name token`` to the
     ``--log`` file when it starts, answers ``[name, token]`` after ``seconds``;
   - ``work_read(token, seconds)`` (async, declared idempotent to the peer pool): the same;
+  - ``work_fail(token)`` (async): appends ``name token`` and raises (-32603, a breaker
+    failure);
 * topic ``feed.ticks``: ``{"node": name, "n": i}`` every 10 ms;
 * topic ``eth.ticks`` with the params of ``peers.py``'s (``count, early, interval``,
   ignored: one channel): ``{"node": name, "n": i}`` every 10 ms;
@@ -30,7 +38,10 @@ from fastrpc.cluster import peer_pool  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = Server(limits=Limits(max_connections=4096, max_connections_per_ip=4096, handshake_timeout=5.0))
+    limits = Limits(max_connections=4096, max_connections_per_ip=4096, handshake_timeout=5.0)
+    if args.memory_limit is not None:
+        limits = limits.replace(memory_limit=args.memory_limit, memory_soft_ratio=args.memory_soft_ratio)
+    server = Server(limits=limits)
     server.topic("feed", "ticks")
     server.topic("eth", "ticks", params=lambda count=0, early=0, interval=0.0: "all")
 
@@ -53,12 +64,19 @@ async def main(args: argparse.Namespace) -> None:
 
         read = do
 
-    server.register("work", Work(), max_concurrency=args.concurrency)
+        async def fail(self, token: str) -> None:
+            if log is not None:
+                log.write(f"{name} {token}\n")
+            raise RuntimeError(f"{token} fails on purpose")
+
+    server.register("work", Work(), max_concurrency=args.concurrency,
+                    failure_threshold=args.failure_threshold, cooldown=args.cooldown)
     pool = None
     if args.peer:
         pool = peer_pool(args.peer, size=2, idempotent={"work_read"}, acquire_timeout=1.0,
                          backoff_initial=0.05, backoff_max=0.5)
-        server.forward("work", pool, when="overflow", health_interval=0.1, health_timeout=0.5)
+        server.forward("work", pool, when="overflow", max_in_flight=args.max_in_flight,
+                       health_interval=0.1, health_timeout=0.5)
         await pool.start()
     await server.start("127.0.0.1", args.port)
     print(f"listening on 127.0.0.1:{server.port}", flush=True)
@@ -87,6 +105,11 @@ if __name__ == "__main__":
     p.add_argument("--peer", action="append", default=[])
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--log", default=None)
+    p.add_argument("--max-in-flight", type=int, default=None)
+    p.add_argument("--memory-limit", type=int, default=None)
+    p.add_argument("--memory-soft-ratio", type=float, default=0.8)
+    p.add_argument("--failure-threshold", type=int, default=5)
+    p.add_argument("--cooldown", type=float, default=10.0)
     p.add_argument("--loop", default="asyncio")
     p.add_argument("--tick", type=float, default=0.01, help="seconds between published ticks")
     a = p.parse_args()
