@@ -2072,7 +2072,7 @@ class TestRFC9112_3_RequestLine:
 # slot) and 0xFFFFFFFF (LISTENER_TAG, the Reactor's epoll tag of a listening socket).
 # Reaching the wrap takes 2**32 - 1 reuses of one slot: no public call sets a generation,
 # so the wrap itself is reached by writing the free slot's `gen` field through ctypes,
-# after checking that the table's memory is laid out as _core.pxd says (else: skip).
+# after checking that the table's memory is laid out as _core.pxd says (else the test fails: update it).
 
 class _Slot(ctypes.Structure):
     """``Slot`` of fastrpc/_core.pxd, field for field."""
@@ -2091,19 +2091,20 @@ class _Slot(ctypes.Structure):
 def slot_array(table: ConnTable, live_cid: int, fd: int, port: int):
     """The table's C array of slots, located from the object's layout (PyObject_HEAD,
     the vtable pointer, then `Slot* slots` and four uint32: capacity, count, high,
-    max_per_ip) and checked against a live connection; skip if anything disagrees."""
+    max_per_ip) and checked against a live connection; fails if anything disagrees (the
+    layout is this project's own: a change must update the test, not skip it)."""
     if ctypes.sizeof(_Slot) != _core.SLOT_SIZE:
-        pytest.skip("Slot layout differs from _core.pxd")
+        pytest.fail("Slot layout differs from _core.pxd: update _Slot / this locator to the new layout")
     ptr = ctypes.sizeof(ctypes.c_void_p)
     base = id(table) + object.__basicsize__ + ptr
     address = ctypes.c_void_p.from_address(base).value
     fields = tuple((ctypes.c_uint32 * 4).from_address(base + ptr))
     if not address or fields != (table.capacity, len(table), table.high, table.max_per_ip):
-        pytest.skip("ConnTable object layout is not the one this test knows")
+        pytest.fail("ConnTable object layout is not the one this test knows: update _Slot / this locator to the new layout")
     slots = (_Slot * table.capacity).from_address(address)
     s = slots[live_cid & 0xFFFFFFFF]
     if (s.fd, s.gen, s.port) != (fd, live_cid >> 32, port):
-        pytest.skip("the slot found does not hold the live connection")
+        pytest.fail("the slot found does not hold the live connection: update _Slot / this locator to the new layout")
     return slots
 
 
