@@ -902,17 +902,25 @@ class Client(ClientCore):
             if st is not None:
                 return st
 
-    def _drop_sub(self, st: "_SubState", exc: BaseException | None) -> None:
-        """End ``st`` with ``exc``; unsubscribe when no one else here shares its id."""
+    def _release(self, st: "_SubState") -> tuple[str, Any] | None:
+        """Take ``st`` out of its channel here; the channel's key when it was the last
+        local holder (the server's subscription is then to be ended), else None."""
         key = (f"{st.namespace}_subscription", st.id)
-        st.finish(exc)
         states = self._subs.get(key)
         if states is None or st not in states:
-            return
+            return None
         states.remove(st)
         if states:
-            return
+            return None
         del self._subs[key]
+        return key
+
+    def _drop_sub(self, st: "_SubState", exc: BaseException | None) -> None:
+        """End ``st`` with ``exc``; unsubscribe when no one else here shares its id."""
+        st.finish(exc)
+        key = self._release(st)
+        if key is None:
+            return
         if self._state == _OPEN:
             if self._subscribing:
                 self._unsubscribed_at[key] = self._ids + 1
@@ -923,16 +931,9 @@ class Client(ClientCore):
 
     async def _unsubscribe(self, st: "_SubState") -> None:
         """``aclose()``: like _drop_sub, and wait (bounded) for the unsubscribe reply."""
-        key = (f"{st.namespace}_subscription", st.id)
-        states = self._subs.get(key)
         st.finish(None)
-        if states is None or st not in states:
-            return
-        states.remove(st)
-        if states:
-            return
-        del self._subs[key]
-        if self._state != _OPEN:
+        key = self._release(st)
+        if key is None or self._state != _OPEN:
             return
         if self._subscribing:
             self._unsubscribed_at[key] = self._ids + 1
