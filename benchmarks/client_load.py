@@ -27,24 +27,20 @@ processes with ``DIR`` first on ``PYTHONPATH`` (the server still runs from this 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from load import (NOISY_CORES, ROOT, ServerProcess, ServerSpec, _pinned, _readline,
-                  child_env, cpu_plan, environment, machine_busy_s, proc_user_sys_s,
-                  wait_quiet)
+import _harness as h
+from _harness import (NOISY_CORES, ROOT, ServerProcess, ServerSpec, child_env, cpu_plan,
+                      machine_busy_s, pinned, proc_user_sys_s)
 
-RESULTS = ROOT / "benchmarks" / "results"
 WORKER = ROOT / "benchmarks" / "client_worker.py"
 SERVER = ServerSpec("fastrpc", "examples/rpc_server.py", "fastrpc (examples/rpc_server.py)")
 BASELINE = "fastrpc"
@@ -114,15 +110,14 @@ def probe(name: str, env: dict[str, str]) -> dict[str, Any]:
 def run_one(server: ServerProcess, client: ClientSpec, loop: str, sc: Scenario,
             args: argparse.Namespace, env: dict[str, str],
             client_cpus: set[int] | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"client": client.name, "label": client.label, "loop": loop,
-                           "scenario": sc.key, "valid": False}
+    row = h.new_row("client", client.name, client.label, loop, sc.key)
     cmd = [sys.executable, str(WORKER), "--client", client.name,
            "--url", f"ws://127.0.0.1:{server.port}", "--conns", str(sc.conns),
            "--depth", str(sc.depth), "--loop", loop]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(client_cpus))
+                         stderr=subprocess.PIPE, text=True, preexec_fn=pinned(client_cpus))
     try:
-        line = _readline(p, 60)
+        line = h.readline(p, 60)
         if line != "ready":
             raise RuntimeError(f"client not ready ({line!r}): "
                                + (p.stderr.read() if p.poll() is not None else "")[-600:])
@@ -177,23 +172,11 @@ def run_one(server: ServerProcess, client: ClientSpec, loop: str, sc: Scenario,
 
 
 def combine(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The repeat with the median client CPU per call (the lower middle one for an even
-    count) and the range of the repeats; invalid if any repeat was."""
-    if len(reps) == 1:
-        return reps[0]
-    bad = [r for r in reps if not r.get("valid")]
-    if bad:
-        return bad[0]
-    by_cpu = sorted(reps, key=lambda r: r["client_cpu_us_per_call"])
-    row = dict(by_cpu[(len(by_cpu) - 1) // 2])
-    row["repeats"] = [{k: r[k] for k in ("calls_per_s", "client_cpu_us_per_call",
-                                         "server_cpu_us_per_call", "other_cores")}
-                      for r in reps]
-    row["client_cpu_us_per_call_range"] = [by_cpu[0]["client_cpu_us_per_call"],
-                                           by_cpu[-1]["client_cpu_us_per_call"]]
-    rates = sorted(r["calls_per_s"] for r in reps)
-    row["calls_per_s_range"] = [rates[0], rates[-1]]
-    return row
+    """The repeat with the median client CPU per call and the range of the repeats
+    (and of their calls/s); invalid if any repeat was (``h.combine``)."""
+    return h.combine(reps, "client_cpu_us_per_call",
+                     ("calls_per_s", "client_cpu_us_per_call", "server_cpu_us_per_call",
+                      "other_cores"), rate="calls_per_s")
 
 
 def progress_line(r: dict[str, Any]) -> str:
@@ -206,15 +189,6 @@ def progress_line(r: dict[str, Any]) -> str:
 
 
 # -- the whole run ---------------------------------------------------------------------------
-
-
-def tree_state(path: Path) -> dict[str, Any]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=path, capture_output=True, text=True).stdout.strip()
-
-    return {"path": str(path), "commit": git("rev-parse", "HEAD"),
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "fastrpc"))}
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -234,7 +208,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         clients.append(CLIENTS[name])
     if "fastrpc" in found:
         mod = Path(found["fastrpc"]["module"]).parent
-        found["fastrpc"]["tree"] = tree_state(mod)
+        found["fastrpc"]["tree"] = h.tree_state(mod, "fastrpc")
         if mod.resolve() != ROOT.resolve():
             t = found["fastrpc"]["tree"]
             notes.append(f"fastrpc.Client was imported from `{mod}` (branch `{t['branch']}` at "
@@ -251,9 +225,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     server_cpus, client_cpus = cpu_plan(not args.no_pin)
     plan = [(c, lp) for lp in loops for c in clients if lp == "asyncio" or c.uvloop]
     n = len(plan) * len(scenarios) * args.repeat
-    print(f"{n} runs of {args.warmup:g} s warm-up + {args.duration:g} s: about "
-          f"{n * (args.warmup + args.duration + 1.5):.0f} s", flush=True)
-    rows: list[dict[str, Any]] = []
+    h.print_plan(n, args.warmup, args.duration, n * (args.warmup + args.duration + 1.5))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fastrpc-client-load-") as tmp:
         server = ServerProcess(SERVER, args.server_loop, server_cpus, Path(tmp))
@@ -262,50 +234,32 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         except RuntimeError as e:
             server.stop()
             sys.exit(f"the server did not start: {e}")
-        reps: dict[tuple[str, str, str], list[dict[str, Any]]] = {
-            (c.name, lp, sc.key): [] for c, lp in plan for sc in scenarios}
+
+        def one(unit: tuple[ClientSpec, str], sc: Scenario) -> dict[str, Any]:
+            client, loop = unit
+            if not server.alive():
+                return h.new_row("client", client.name, client.label, loop, sc.key,
+                                 failure="the server died")
+            return run_one(server, client, loop, sc, args, env, client_cpus)
+
         try:
-            # The repeats go round the clients: repeat 1 of every (client, loop) for a
-            # scenario, then the next scenario, then repeat 2, ... so a slow spell of a
-            # shared machine falls on every client rather than on the repeats of one.
-            for _ in range(args.repeat):
-                for sc in scenarios:
-                    for client, loop in plan:
-                        if args.wait_quiet:
-                            wait_quiet(args.wait_quiet)
-                        if not server.alive():
-                            row = {"client": client.name, "label": client.label, "loop": loop,
-                                   "scenario": sc.key, "valid": False,
-                                   "failure": "the server died"}
-                        else:
-                            row = run_one(server, client, loop, sc, args, env, client_cpus)
-                        reps[(client.name, loop, sc.key)].append(row)
-                        print("  " + progress_line(row), flush=True)
+            # The repeats go round the (client, loop) pairs (``h.round_robin``), so a
+            # slow spell of a shared machine falls on every client rather than on the
+            # repeats of one.
+            reps = h.round_robin(args.repeat, scenarios, plan,
+                                 lambda u, sc: (u[0].name, u[1], sc.key), one, progress_line,
+                                 args.wait_quiet)
         finally:
             server.stop()
         extra = server.unexpected_output()
         if extra:
             problems.append("the server printed: " + " | ".join(extra[:6])[:800])
-    for key in reps:
-        rows.append(combine(reps[key]))
-    for r in rows:
-        if not r.get("valid"):
-            why = r.get("failure") or f"{r.get('errors')} errors, e.g. {r.get('error_samples')}"
-            problems.append(f"invalid run: {r['label']} / {r['loop']} / scenario "
-                            f"{r['scenario']}: {why}")
-        elif r["other_cores"] > NOISY_CORES:
-            problems.append(f"noisy run: {r['label']} / {r['loop']} / scenario {r['scenario']}: "
-                            f"other processes used {r['other_cores']:.2f} of a core")
-    envd = environment()
-    for dist in ("web3", "websockets"):
-        try:
-            envd["versions"][dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            envd["versions"][dist] = "not installed"
+    rows = [combine(r) for r in reps.values()]
+    h.flag_problems(rows, problems, lambda r: f"scenario {r['scenario']}",
+                    lambda r: f"{r.get('errors')} errors, e.g. {r.get('error_samples')}")
+    envd = h.environment(("web3", "websockets"))
     return {
-        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/client_load.py " + shlex.join(argv),
-        "wall_s": round(time.monotonic() - started, 1),
+        **h.run_header("client_load.py", argv, started),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "repeat": args.repeat, "wait_quiet_s": args.wait_quiet,
                      "server_loop": args.server_loop, "pinned": server_cpus is not None,
@@ -327,8 +281,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def find(data: dict[str, Any], client: str, loop: str, sc: str) -> dict[str, Any] | None:
-    return next((r for r in data["runs"] if r["client"] == client and r["loop"] == loop
-                 and r["scenario"] == sc and r.get("valid")), None)
+    return h.find(data, "client", client, loop, sc)
 
 
 def _x(v: float | None) -> str:
@@ -356,20 +309,9 @@ def goals(data: dict[str, Any]) -> list[str]:
 
 def render(data: dict[str, Any]) -> str:
     env, st = data["environment"], data["settings"]
-    out = [
-        "# Client load benchmark: JSON-RPC over WebSocket clients against one fastrpc server",
-        "",
-        f"Generated by `benchmarks/client_load.py` at {data['generated']} ({data['wall_s']} s). "
-        "Command, from the repository root:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
-        f"Environment: {env['cpu']} ({env['cpus']} CPUs), Linux {env['kernel']}, CPython "
-        f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + f"; fastrpc (server) at `{env['commit'][:12]}`"
-        + (" (with uncommitted changes)" if env["dirty"] else "") + ". "
+    out = h.header_lines(data, "Client load benchmark: JSON-RPC over WebSocket clients "
+                         "against one fastrpc server", "client_load.py") + [
+        h.environment_text(env, "fastrpc (server)")
         + f"Server: `examples/rpc_server.py` on {st['server_loop']}, one process for the "
           "whole run" + (f", pinned to CPU {st['server_cpus']}; each client run is a new "
                          f"process pinned to CPU {st['client_cpus']}. " if st["pinned"] else ". ")
@@ -380,8 +322,7 @@ def render(data: dict[str, Any]) -> str:
            if st["repeat"] > 1 else "."),
         "",
     ]
-    for n in data["notes"]:
-        out += [f"> **Note.** {n}", ""]
+    out += h.note_lines(data)
     out += ["## Goals", "", *goals(data), ""]
     out += [
         "## Results", "",
@@ -397,7 +338,6 @@ def render(data: dict[str, Any]) -> str:
         "on the same loop; **calls/s ×**: fastrpc.Client's calls/s ÷ this row's.",
         "",
     ]
-    loops = ["asyncio", "uvloop"]
     order = list(CLIENTS)
     for key, sc in data["scenarios"].items():
         out += [f"### Scenario {key}: {sc['title']}", "",
@@ -405,43 +345,33 @@ def render(data: dict[str, Any]) -> str:
                 "client-CPU-s | client CPU | server µs/call | server CPU | other | "
                 "× fastrpc | calls/s × |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        rows = [r for r in data["runs"] if r["scenario"] == key]
-        rows.sort(key=lambda r: (loops.index(r["loop"]), order.index(r["client"])))
-        for r in rows:
+        for r in h.scenario_rows(data, key, "client", order):
             name = f"**{r['label']}**" if r["client"] == BASELINE else r["label"]
             if "failure" in r or not r.get("valid"):
-                why = r.get("failure") or (f"INVALID: {r.get('errors')} errors, e.g. "
-                                           f"{(r.get('error_samples') or ['?'])[0]}")
-                why = " ".join(why.split()).replace("|", "\\|")[:300]
-                out.append(f"| {name} | {r['loop']} | {why} ||||||||||")
+                out.append(h.failure_line(name, r, r.get("failure") or (
+                    f"INVALID: {r.get('errors')} errors, e.g. "
+                    f"{(r.get('error_samples') or ['?'])[0]}")))
                 continue
-            b = find(data, BASELINE, r["loop"], key)
-            cr = rr = "—"
-            if b is not None and b is not r:
-                cr = _x(r["client_cpu_us_per_call"] / b["client_cpu_us_per_call"])
-                rr = _x(b["calls_per_s"] / r["calls_per_s"])
-            rng = r.get("client_cpu_us_per_call_range")
-            rng_s = f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else ""
+            cr, rr = h.ratios(find(data, BASELINE, r["loop"], key), r, "client_cpu_us_per_call",
+                              "calls_per_s", _x)
+            rng_s = h.range_text(r.get("client_cpu_us_per_call_range"))
             out.append(
                 f"| {name} | {r['loop']} | {r['calls_per_s']:,.0f} | "
                 f"{r['client_cpu_us_per_call']:.2f}{rng_s} | {r['client_sys_us_per_call']:.2f} | "
                 f"{r['calls_per_client_cpu_s']:,.0f} | {r['client_cores']:.0%} | "
                 f"{r['server_cpu_us_per_call']:.2f} | {r['server_cores']:.0%} | "
-                + (f"**{r['other_cores']:.2f}** (noisy)" if r["other_cores"] > NOISY_CORES
-                   else f"{r['other_cores']:.2f}")
-                + f" | {cr} | {rr} |")
+                f"{h.noisy(r['other_cores'])} | {cr} | {rr} |")
         out.append("")
     devs = [abs(r["client_exact_us_per_call"] / r["client_cpu_us_per_call"] - 1)
             for r in data["runs"] if r.get("valid")]
     if devs:
+        worst, median = h.spread(devs)
         out += [f"Cross-check: the client's exact CPU clock (`CLOCK_PROCESS_CPUTIME_ID`) is "
-                f"within {max(devs):.1%} of the tick-sampled utime + stime in every valid "
-                f"run (median {sorted(devs)[len(devs) // 2]:.1%}); the JSON has both.", ""]
-    if data["problems"]:
-        out += ["## Problems in this run", ""] + [f"* {p}" for p in data["problems"]] + [""]
-    out += ["## Method and caveats", "",
-            "See `benchmarks/README.md` (section *Client load benchmark*): what each client "
-            "does, how the window is measured, and why the server is not the bottleneck.", ""]
+                f"within {worst:.1%} of the tick-sampled utime + stime in every valid "
+                f"run (median {median:.1%}); the JSON has both.", ""]
+    out += h.footer_lines(
+        data, "See `benchmarks/README.md` (section *Client load benchmark*): what each client "
+        "does, how the window is measured, and why the server is not the bottleneck.")
     return "\n".join(out)
 
 
@@ -458,42 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per configuration; the row shows the median (by client CPU "
                          "per call) and the range")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="before each run wait up to this long for other processes to use "
-                         f"less than {NOISY_CORES} of a core")
+    h.add_wait_quiet(ap, "before each run wait up to this long for other processes to use "
+                     f"less than {NOISY_CORES} of a core")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client CPUs")
     ap.add_argument("--fastrpc-path", type=Path, metavar="DIR",
                     help="put DIR first on the client processes' PYTHONPATH (a tree whose "
                          "fastrpc has the client); the server runs from this tree")
-    ap.add_argument("--json", type=Path, default=RESULTS / "client_load.json")
-    ap.add_argument("--markdown", type=Path, default=RESULTS / "client_load.md")
-    ap.add_argument("--from-json", type=Path, help="only render an existing JSON file")
+    h.add_outputs(ap, "client_load")
     args = ap.parse_args(argv)
-    for opt, allowed in (("clients", tuple(CLIENTS)), ("loops", ("asyncio", "uvloop")),
-                         ("scenarios", tuple(SCENARIOS))):
-        vals = getattr(args, opt).split(",")
-        bad = [v for v in vals if v not in allowed]
-        if bad:
-            ap.error(f"--{opt}: unknown {bad}; choose from {allowed}")
-        if len(set(vals)) != len(vals):
-            ap.error(f"--{opt}: a value is repeated")
-    if not 0 < args.duration <= 120 or not 0 <= args.warmup <= 30 or not 1 <= args.repeat <= 20:
-        ap.error("--duration must be in (0, 120], --warmup in [0, 30], --repeat in [1, 20]")
-    if args.fastrpc_path is not None:
-        args.fastrpc_path = args.fastrpc_path.resolve()
-
-    if args.from_json:
-        data = json.loads(args.from_json.read_text())
-    else:
-        data = run(args, argv)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"wrote {os.path.relpath(args.json)}")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render(data) + "\n")
-    print(f"wrote {os.path.relpath(args.markdown)}")
-    for p in data["problems"]:
-        print("problem:", p)
+    h.check_args(ap, args, (("clients", tuple(CLIENTS)), ("loops", h.LOOPS),
+                            ("scenarios", tuple(SCENARIOS))))
+    data = h.results(args, argv, run)
+    h.write_report(args, data, render)
     return 1 if any(not r.get("valid") for r in data["runs"]) else 0
 
 

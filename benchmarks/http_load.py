@@ -30,12 +30,10 @@ so each server runs at saturation (its share of a core is in the report).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
 import json
 import os
 import resource
-import shlex
 import shutil
 import subprocess
 import sys
@@ -47,10 +45,10 @@ from typing import Any
 
 import orjson
 
-from load import (NOISY_CORES, ROOT, ServerProcess, ServerSpec, _pinned, child_env, cpu_plan,
-                  environment, machine_busy_s, proc_runtime_s, proc_user_sys_s, wait_quiet)
+import _harness as h
+from _harness import (NOISY_CORES, ROOT, ServerProcess, ServerSpec, child_env, cpu_plan,
+                      machine_busy_s, pinned, proc_runtime_s, proc_user_sys_s)
 
-RESULTS = ROOT / "benchmarks" / "results"
 LUA = ROOT / "benchmarks" / "http_rpc.lua"
 BASELINE = "fastrpc"
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
@@ -130,7 +128,7 @@ def wrk(port: int, conns: int, seconds: int, cpus: set[int] | None) -> dict[str,
     cmd = [shutil.which("wrk") or "wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s",
            "--timeout", "5s", "-s", str(LUA), f"http://127.0.0.1:{port}/"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60,
-                       preexec_fn=_pinned(cpus))
+                       preexec_fn=pinned(cpus))
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith(MARK)), None)
     if p.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {p.returncode}): "
@@ -148,8 +146,7 @@ def children_cpu_s() -> float:
 
 def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
                  client_cpus: set[int] | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"server": server.spec.name, "label": server.spec.label,
-                           "loop": server.loop, "scenario": sc.key, "valid": False}
+    row = h.new_row("server", server.spec.name, server.spec.label, server.loop, sc.key)
     try:
         warm = wrk(server.port, sc.conns, args.warmup, client_cpus) if args.warmup else None
         c0 = children_cpu_s()
@@ -192,21 +189,7 @@ def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
     return row
 
 
-def combine(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The repeat with the median server CPU per request (lower middle for an even
-    count) and the range; invalid if any repeat was."""
-    if len(reps) == 1:
-        return reps[0]
-    bad = [r for r in reps if not r.get("valid")]
-    if bad:
-        return bad[0]
-    by_cpu = sorted(reps, key=lambda r: r["server_cpu_us_per_req"])
-    row = dict(by_cpu[(len(by_cpu) - 1) // 2])
-    row["repeats"] = [{k: r[k] for k in ("requests_per_s", "server_cpu_us_per_req", "p50_us",
-                                         "p99_us", "other_cores")} for r in reps]
-    row["server_cpu_us_per_req_range"] = [by_cpu[0]["server_cpu_us_per_req"],
-                                          by_cpu[-1]["server_cpu_us_per_req"]]
-    return row
+combine = h.combine_server_cpu  # the median run by server CPU per request, and the range
 
 
 def progress_line(r: dict[str, Any]) -> str:
@@ -229,15 +212,6 @@ def server_setup(name: str, fastrpc_path: Path | None) -> tuple[ServerSpec, dict
     return spec, env
 
 
-def tree_state(path: Path) -> dict[str, Any]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=path, capture_output=True, text=True).stdout.strip()
-
-    return {"path": str(path), "commit": git("rev-parse", "HEAD"),
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "fastrpc", "examples"))}
-
-
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     notes: list[str] = []
     problems: list[str] = []
@@ -256,15 +230,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             sys.exit(f"fastrpc's compiled core does not import from {want}; build it there:\n"
                      "  python setup.py build_ext --inplace\n" + pc.stderr[-400:])
         if args.fastrpc_path is not None:
-            t = tree_state(args.fastrpc_path)
+            t = h.tree_state(args.fastrpc_path, "fastrpc", "examples")
             notes.append(f"The fastrpc server ran from `{t['path']}` (branch `{t['branch']}` "
                          f"at `{t['commit'][:12]}`"
                          f"{', with uncommitted changes' if t['dirty'] else ''}), not from "
                          "this tree.")
     n = len(names) * len(loops) * len(scenarios) * args.repeat
-    print(f"{n} runs of {args.warmup} s warm-up + {args.duration} s: about "
-          f"{n * (args.warmup + args.duration + 0.3) + len(names) * len(loops) * 1.5:.0f} s",
-          flush=True)
+    h.print_plan(n, args.warmup, args.duration,
+                 n * (args.warmup + args.duration + 0.3) + len(names) * len(loops) * 1.5)
     rows: list[dict[str, Any]] = []
     probes: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -292,10 +265,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 if fail is not None:
                     server.stop()
                     print(f"  {spec.label:10} {loop:8} not measured: {fail}", flush=True)
-                    for sc in scenarios:
-                        rows.append({"server": name, "label": spec.label, "loop": loop,
-                                     "scenario": sc.key, "valid": False, "reported": True,
-                                     "unsupported": unsupported, "failure": fail})
+                    rows += [h.new_row("server", name, spec.label, loop, sc.key, reported=True,
+                                       unsupported=unsupported, failure=fail)
+                             for sc in scenarios]
                     if unsupported and not any("not measured" in x for x in notes):
                         notes.append(
                             f"**fastrpc was not measured**: it answered the probe `POST /` "
@@ -306,51 +278,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                         problems.append(f"{spec.label} on {loop} not measured: {fail}")
                     continue
                 servers.append(server)
-            reps: dict[tuple[str, str], list[dict[str, Any]]] = {
-                (s.spec.name, sc.key): [] for s in servers for sc in scenarios}
-            try:
-                for _ in range(args.repeat):
-                    for sc in scenarios:
-                        for server in servers:
-                            if args.wait_quiet:
-                                wait_quiet(args.wait_quiet)
-                            if not server.alive():
-                                row = {"server": server.spec.name, "label": server.spec.label,
-                                       "loop": loop, "scenario": sc.key, "valid": False,
-                                       "failure": "server died"}
-                            else:
-                                row = run_scenario(server, sc, args, client_cpus)
-                            reps[(server.spec.name, sc.key)].append(row)
-                            print("  " + progress_line(row), flush=True)
-            finally:
-                for server in servers:
-                    server.stop()
-            for server in servers:
-                rows += [combine(reps[(server.spec.name, sc.key)]) for sc in scenarios]
-                extra = server.unexpected_output()
-                if extra:
-                    problems.append(f"{server.spec.label} on {loop} printed: "
-                                    + " | ".join(extra[:6])[:800])
-    for r in rows:
-        if r.get("reported"):
-            continue
-        if not r.get("valid"):
-            why = r.get("failure") or (f"{r.get('mismatches')} mismatches, "
-                                       f"{r.get('socket_errors')} socket errors; first: "
-                                       f"{r.get('first_mismatch')!r}")
-            problems.append(f"invalid run: {r['label']} / {r['loop']} / {r['scenario']} "
-                            f"connections: {why}")
-        elif r["other_cores"] > NOISY_CORES:
-            problems.append(f"noisy run: {r['label']} / {r['loop']} / {r['scenario']} "
-                            f"connections: other processes used {r['other_cores']:.2f} of a core")
-    envd = environment()
+            rows += h.run_servers(
+                servers, loop, scenarios, args,
+                lambda server, sc: run_scenario(server, sc, args, client_cpus),
+                combine, progress_line, problems)
+    h.flag_problems(rows, problems, lambda r: f"{r['scenario']} connections",
+                    lambda r: (f"{r.get('mismatches')} mismatches, "
+                               f"{r.get('socket_errors')} socket errors; first: "
+                               f"{r.get('first_mismatch')!r}"))
+    envd = h.environment()
     wv = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
     words = (wv.stdout + wv.stderr).split()  # "wrk debian/4.1.0-3+b2 [epoll] Copyright ..."
     envd["versions"]["wrk"] = words[1] if len(words) > 1 else "?"
     return {
-        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/http_load.py " + shlex.join(argv),
-        "wall_s": round(time.monotonic() - started, 1),
+        **h.run_header("http_load.py", argv, started),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "repeat": args.repeat, "wait_quiet_s": args.wait_quiet,
                      "pinned": server_cpus is not None, "server_cpus": sorted(server_cpus or []),
@@ -371,8 +312,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def find(data: dict[str, Any], server: str, loop: str, sc: str) -> dict[str, Any] | None:
-    return next((r for r in data["runs"] if r["server"] == server and r["loop"] == loop
-                 and r["scenario"] == sc and r.get("valid")), None)
+    return h.find(data, "server", server, loop, sc)
 
 
 def _x(v: float) -> str:
@@ -381,20 +321,9 @@ def _x(v: float) -> str:
 
 def render(data: dict[str, Any]) -> str:
     env, st = data["environment"], data["settings"]
-    out = [
-        "# HTTP load benchmark: JSON-RPC over HTTP/1.1 keep-alive, fastrpc vs aiohttp",
-        "",
-        f"Generated by `benchmarks/http_load.py` at {data['generated']} ({data['wall_s']} s). "
-        "Command, from the repository root:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
-        f"Environment: {env['cpu']} ({env['cpus']} CPUs), Linux {env['kernel']}, CPython "
-        f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + f"; fastrpc at `{env['commit'][:12]}`"
-        + (" (with uncommitted changes)" if env["dirty"] else "") + ". "
+    out = h.header_lines(data, "HTTP load benchmark: JSON-RPC over HTTP/1.1 keep-alive, "
+                         "fastrpc vs aiohttp", "http_load.py") + [
+        h.environment_text(env)
         + (f"Server pinned to CPU {st['server_cpus']}, wrk (`-t 1`) to CPU "
            f"{st['client_cpus']}. " if st["pinned"] else "")
         + f"Every request: `POST /`, `Content-Type: application/json`, body `{st['request']}`; "
@@ -406,8 +335,7 @@ def render(data: dict[str, Any]) -> str:
            "an even count) and, in parentheses, the range." if st["repeat"] > 1 else "."),
         "",
     ]
-    for n in data["notes"]:
-        out += [f"> **Note.** {n}", ""]
+    out += h.note_lines(data)
     out += [
         "## Results", "",
         "Columns: **req/s** requests wrk completed per second; **µs CPU/req** the server "
@@ -419,7 +347,6 @@ def render(data: dict[str, Any]) -> str:
         "oriented so that above 1× means fastrpc is better: **CPU** aiohttp's µs CPU/req ÷ "
         "fastrpc's; **req/s** fastrpc's req/s ÷ aiohttp's.", "",
     ]
-    loops = ["asyncio", "uvloop"]
     order = list(SERVERS)
     for key, sc in data["scenarios"].items():
         out += [f"### {sc['title']}", "",
@@ -427,44 +354,32 @@ def render(data: dict[str, Any]) -> str:
                 "p99 µs | wrk µs/req | other | CPU: aiohttp ÷ fastrpc | req/s: fastrpc ÷ "
                 "aiohttp |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        rows = [r for r in data["runs"] if r["scenario"] == key]
-        rows.sort(key=lambda r: (loops.index(r["loop"]), order.index(r["server"])))
-        for r in rows:
+        for r in h.scenario_rows(data, key, "server", order):
             name = f"**{r['label']}**" if r["server"] == BASELINE else r["label"]
             if "failure" in r or not r.get("valid"):
-                why = r.get("failure") or (f"INVALID: {r.get('mismatches')} mismatches, "
-                                           f"{r.get('socket_errors')} socket errors; first: "
-                                           f"{r.get('first_mismatch')}")
-                why = " ".join(why.split()).replace("|", "\\|")[:300]
-                out.append(f"| {name} | {r['loop']} | {why} ||||||||||")
+                out.append(h.failure_line(name, r, r.get("failure") or (
+                    f"INVALID: {r.get('mismatches')} mismatches, "
+                    f"{r.get('socket_errors')} socket errors; first: "
+                    f"{r.get('first_mismatch')}")))
                 continue
-            b = find(data, BASELINE, r["loop"], key)
-            cr = rr = "—"
-            if b is not None and b is not r:
-                cr = _x(r["server_cpu_us_per_req"] / b["server_cpu_us_per_req"])
-                rr = _x(b["requests_per_s"] / r["requests_per_s"])
-            rng = r.get("server_cpu_us_per_req_range")
-            rng_s = f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else ""
+            cr, rr = h.ratios(find(data, BASELINE, r["loop"], key), r, "server_cpu_us_per_req",
+                              "requests_per_s", _x)
+            rng_s = h.range_text(r.get("server_cpu_us_per_req_range"))
             out.append(
                 f"| {name} | {r['loop']} | {r['requests_per_s']:,.0f} | "
                 f"{r['server_cpu_us_per_req']:.2f}{rng_s} | {r['server_sys_us_per_req']:.2f} | "
                 f"{r['server_cores']:.0%} | {r['p50_us']:,} | {r['p99_us']:,} | "
-                f"{r['wrk_cpu_us_per_req']:.2f} | "
-                + (f"**{r['other_cores']:.2f}** (noisy)" if r["other_cores"] > NOISY_CORES
-                   else f"{r['other_cores']:.2f}")
-                + f" | {cr} | {rr} |")
+                f"{r['wrk_cpu_us_per_req']:.2f} | {h.noisy(r['other_cores'])} | {cr} | {rr} |")
         out.append("")
     devs = [abs(r["server_runtime_us_per_req"] / r["server_cpu_us_per_req"] - 1)
             for r in data["runs"] if r.get("valid") and r.get("server_runtime_us_per_req")]
     if devs:
+        worst, median = h.spread(devs)
         out += [f"Cross-check: the server's on-CPU time from the scheduler "
-                f"(`/proc/<pid>/task/*/schedstat`) is within {max(devs):.1%} of the "
+                f"(`/proc/<pid>/task/*/schedstat`) is within {worst:.1%} of the "
                 f"tick-sampled utime + stime in every valid run (median "
-                f"{sorted(devs)[len(devs) // 2]:.1%}).", ""]
-    if data["problems"]:
-        out += ["## Problems in this run", ""] + [f"* {p}" for p in data["problems"]] + [""]
-    out += ["## Method and caveats", "",
-            "See `benchmarks/README.md` (section *HTTP load benchmark*).", ""]
+                f"{median:.1%}).", ""]
+    out += h.footer_lines(data, "See `benchmarks/README.md` (section *HTTP load benchmark*).")
     return "\n".join(out)
 
 
@@ -478,44 +393,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=5, help="measured seconds per run (wrk -d)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of a wrk run before each")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="before each run wait up to this long for other processes to use "
-                         f"less than {NOISY_CORES} of a core")
+    h.add_wait_quiet(ap, "before each run wait up to this long for other processes to use "
+                     f"less than {NOISY_CORES} of a core")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--fastrpc-path", type=Path, metavar="DIR",
                     help="run DIR/examples/rpc_server.py with DIR first on PYTHONPATH")
-    ap.add_argument("--json", type=Path, default=RESULTS / "http_load.json")
-    ap.add_argument("--markdown", type=Path, default=RESULTS / "http_load.md")
-    ap.add_argument("--from-json", type=Path, help="only render an existing JSON file")
+    h.add_outputs(ap, "http_load")
     args = ap.parse_args(argv)
-    for opt, allowed in (("servers", tuple(SERVERS)), ("loops", ("asyncio", "uvloop")),
-                         ("scenarios", tuple(SCENARIOS))):
-        vals = getattr(args, opt).split(",")
-        bad = [v for v in vals if v not in allowed]
-        if bad:
-            ap.error(f"--{opt}: unknown {bad}; choose from {allowed}")
-        if len(set(vals)) != len(vals):
-            ap.error(f"--{opt}: a value is repeated")
-    if not 0 < args.duration <= 120 or not 0 <= args.warmup <= 30 or not 1 <= args.repeat <= 20:
-        ap.error("--duration must be in [1, 120], --warmup in [0, 30], --repeat in [1, 20]")
-    if args.fastrpc_path is not None:
-        args.fastrpc_path = args.fastrpc_path.resolve()
-
-    if args.from_json:
-        data = json.loads(args.from_json.read_text())
-    else:
-        if shutil.which("wrk") is None:
-            print(WRK_HINT, file=sys.stderr)
-            return 2
-        data = run(args, argv)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"wrote {os.path.relpath(args.json)}")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render(data) + "\n")
-    print(f"wrote {os.path.relpath(args.markdown)}")
-    for p in data["problems"]:
-        print("problem:", p)
+    h.check_args(ap, args, (("servers", tuple(SERVERS)), ("loops", h.LOOPS),
+                            ("scenarios", tuple(SCENARIOS))), duration="[1, 120]")
+    if not args.from_json and shutil.which("wrk") is None:
+        print(WRK_HINT, file=sys.stderr)
+        return 2
+    data = h.results(args, argv, run)
+    h.write_report(args, data, render)
     # A fastrpc without JSON-RPC over HTTP is reported, not a failure of the run.
     return 1 if any(not r.get("valid") and not r.get("unsupported") for r in data["runs"]) else 0
 

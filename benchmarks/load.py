@@ -37,40 +37,24 @@ reply, a closed connection, a server that died) is reported as invalid.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import select
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from array import array
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+import _harness as h
+from _harness import (NOISY_CORES, ROOT, ServerProcess, ServerSpec, child_env, cpu_plan,
+                      machine_busy_s, pinned, proc_cpu_s, proc_runtime_s, proc_user_sys_s)
+
 LOADGEN = ROOT / "benchmarks" / "loadgen.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 BASELINE = "fastrpc"
 ECHO = "fastrpc-echo"
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    name: str
-    script: str          # relative to the repository root
-    label: str           # as shown in the tables
-    echo: bool = False   # replies are echoes of the requests (no JSON-RPC)
-    extra: tuple[str, ...] = ()
 
 
 SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
@@ -103,45 +87,6 @@ RPS_TARGET = ("c", "websockets", 2.0)  # scenario c: fastrpc req/s >= 2x websock
 # Figures reported for the peers on this machine (issue 4): µs server CPU per request.
 REFERENCE_US = {"picows": (6.3, 7.6), "aiohttp": (8.0, 11.9), "websockets": (13.2, 18.1)}
 
-NOISY_CORES = 0.10  # other processes using more than this share of a core: flagged
-
-
-# -- /proc sampling -------------------------------------------------------------------
-
-def proc_user_sys_s(pid: int) -> tuple[float, float]:
-    """utime and stime of a whole process (every thread), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()  # the name may contain spaces
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of stat
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (every thread), in seconds."""
-    return sum(proc_user_sys_s(pid))
-
-
-def proc_runtime_s(pid: int) -> float:
-    """On-CPU time of every live thread of a process from the scheduler's own clock
-    (``/proc/<pid>/task/*/schedstat``, ns): a cross-check of the tick-sampled
-    utime + stime."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # the thread ended meanwhile
-    return total / 1e9
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all CPUs spent not idle (``cpu`` line of /proc/stat)."""
-    with open("/proc/stat", "rb") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]  # idle + iowait
-    return (sum(v[:8]) - idle) / CLK_TCK  # guest time is already inside user
-
 
 @dataclass
 class Snapshot:
@@ -160,113 +105,6 @@ class Snapshot:
                    proc_runtime_s(server_pid))
 
 
-def wait_quiet(limit_s: float, idle_cores: float = NOISY_CORES, sample_s: float = 0.5) -> bool:
-    """Wait up to ``limit_s`` for a ``sample_s`` window in which all other processes
-    together use less than ``idle_cores`` of a core; whether one was found."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        b0, t0 = machine_busy_s(), time.monotonic()
-        time.sleep(sample_s)
-        if (machine_busy_s() - b0) / (time.monotonic() - t0) < idle_cores:
-            return True
-        if time.monotonic() >= deadline:
-            print(f"  (machine still busy after waiting {limit_s:g} s; running anyway)",
-                  flush=True)
-            return False
-
-
-# -- processes --------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
-        return None, None
-    return {cpus[-1]}, set(cpus[:-1])
-
-
-def _pinned(cpus: set[int] | None):
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env.pop("PYTHONDEVMODE", None)
-    return env
-
-
-class ServerProcess:
-    def __init__(self, spec: ServerSpec, loop: str, cpus: set[int] | None, logdir: Path,
-                 env: dict[str, str] | None = None):
-        """``env``: the server's environment (``child_env()`` unless given)."""
-        self.spec, self.loop = spec, loop
-        self.port = free_port()
-        self.log_path = logdir / f"server-{spec.name}-{loop}.log"
-        self.cmd = [sys.executable, spec.script, "--port", str(self.port), "--loop", loop,
-                    *spec.extra]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env or child_env(), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_pinned(cpus))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until it prints ``listening`` (or, failing that, accepts TCP), or raise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with code {self.proc.returncode}: "
-                                   + self.output()[-600:])
-            if b"listening" in self.log_path.read_bytes():
-                return
-            if time.monotonic() > deadline - timeout / 2:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"not listening on port {self.port} after {timeout:.0f} s")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def unexpected_output(self) -> list[str]:
-        """Lines it printed besides its ``listening`` line (tracebacks, warnings)."""
-        return [ln for ln in self.output().splitlines()
-                if ln.strip() and not ln.startswith("listening on")]
-
-
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    return proc.stdout.readline().strip() if r else ""
-
-
 def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
                  client_cpus: set[int] | None, workdir: Path) -> dict[str, Any]:
     nproc = max(1, min(args.clients, sc.conns))
@@ -274,8 +112,7 @@ def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
     lat_files = [workdir / f"lat-{server.spec.name}-{server.loop}-{sc.key}-{i}.bin"
                  for i in range(nproc)]
     procs = []
-    row: dict[str, Any] = {"server": server.spec.name, "label": server.spec.label,
-                           "loop": server.loop, "scenario": sc.key, "valid": False}
+    row = h.new_row("server", server.spec.name, server.spec.label, server.loop, sc.key)
     for share, lat in zip(shares, lat_files):
         cmd = [sys.executable, str(LOADGEN), "--port", str(server.port), "--conns", str(share),
                "--depth", str(sc.depth), "--latency-file", str(lat)]
@@ -284,10 +121,10 @@ def run_scenario(server: ServerProcess, sc: Scenario, args: argparse.Namespace,
         cmd += ["--engine", args.engine]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      preexec_fn=_pinned(client_cpus)))
+                                      preexec_fn=pinned(client_cpus)))
     try:
         for p in procs:
-            line = _readline(p, 30)
+            line = h.readline(p, 30)
             if line != "ready":
                 raise RuntimeError(f"load generator not ready ({line!r}): "
                                    + (p.stderr.read() if p.poll() is not None else "")[-600:])
@@ -384,38 +221,6 @@ def resolve_servers(names: list[str], notes: list[str]) -> list[ServerSpec]:
     return out
 
 
-def environment() -> dict[str, Any]:
-    def ver(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit, dirty = "?", False
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
-        "python": platform.python_version(),
-        "versions": {d: ver(d) for d in ("websockets", "aiohttp", "picows", "aiofastnet",
-                                         "uvloop", "orjson", "Cython")},
-        "commit": commit, "dirty": dirty,
-    }
-
-
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     notes: list[str] = []
     specs = resolve_servers(args.servers.split(","), notes)
@@ -425,9 +230,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.engine == "compiled":  # build the client's loop now, not inside a run
         subprocess.run([sys.executable, str(LOADGEN), "--build-only"], cwd=ROOT, check=True)
     n = len(specs) * len(loops) * len(scenarios) * args.repeat
-    print(f"{n} runs of {args.warmup:g} s warm-up + {args.duration:g} s: about "
-          f"{n * (args.warmup + args.duration + 0.7) + len(specs) * len(loops) * 1.5:.0f} s",
-          flush=True)
+    h.print_plan(n, args.warmup, args.duration,
+                 n * (args.warmup + args.duration + 0.7) + len(specs) * len(loops) * 1.5)
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     started = time.monotonic()
@@ -435,9 +239,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         workdir = Path(tmp)
         for loop in loops:
             # Every server of this loop runs at once (idle ones cost nothing), and the
-            # repeats go round them: repeat 1 of each scenario on every server, then
-            # repeat 2, ... A slow spell of a shared machine then lands on every server
-            # instead of on all the repeats of one.
+            # repeats go round them (``h.run_servers``).
             servers: list[ServerProcess] = []
             for spec in specs:
                 server = ServerProcess(spec, loop, server_cpus, workdir)
@@ -447,52 +249,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     server.stop()
                     last = str(e).strip().splitlines()[-1]
                     problems.append(f"{spec.label} on {loop} did not start: {last}")
-                    for sc in scenarios:
-                        rows.append({"server": spec.name, "label": spec.label, "loop": loop,
-                                     "scenario": sc.key, "valid": False, "reported": True,
-                                     "failure": f"server did not start: {last}"})
+                    rows += [h.new_row("server", spec.name, spec.label, loop, sc.key,
+                                       reported=True, failure=f"server did not start: {last}")
+                             for sc in scenarios]
                     print(f"  {spec.label:28} {loop:8} did not start: {e}", flush=True)
                     continue
                 servers.append(server)
-            reps: dict[tuple[str, str], list[dict[str, Any]]] = {
-                (srv.spec.name, sc.key): [] for srv in servers for sc in scenarios}
-            try:
-                for _ in range(args.repeat):
-                    for sc in scenarios:
-                        for server in servers:
-                            if args.wait_quiet:
-                                wait_quiet(args.wait_quiet)
-                            if not server.alive():
-                                row = {"server": server.spec.name, "label": server.spec.label,
-                                       "loop": loop, "scenario": sc.key, "valid": False,
-                                       "failure": "server died"}
-                            else:
-                                row = run_scenario(server, sc, args, client_cpus, workdir)
-                            reps[(server.spec.name, sc.key)].append(row)
-                            print("  " + progress_line(row), flush=True)
-            finally:
-                for server in servers:
-                    server.stop()
-            for server in servers:
-                rows += [combine(reps[(server.spec.name, sc.key)]) for sc in scenarios]
-                extra = server.unexpected_output()
-                if extra:
-                    problems.append(f"{server.spec.label} on {loop} printed: "
-                                    + " | ".join(extra[:6])[:800])
-    for r in rows:
-        if r.get("reported"):
-            continue
-        if not r.get("valid"):
-            why = r.get("failure") or f"{r.get('errors')} errors, e.g. {r.get('error_samples')}"
-            problems.append(f"invalid run: {r['label']} / {r['loop']} / scenario "
-                            f"{r['scenario']}: {why}")
-        elif r["other_cores"] > NOISY_CORES:
-            problems.append(f"noisy run: {r['label']} / {r['loop']} / scenario {r['scenario']}: "
-                            f"other processes used {r['other_cores']:.2f} of a core")
+            rows += h.run_servers(
+                servers, loop, scenarios, args,
+                lambda server, sc: run_scenario(server, sc, args, client_cpus, workdir),
+                combine, progress_line, problems)
+    h.flag_problems(rows, problems, lambda r: f"scenario {r['scenario']}",
+                    lambda r: f"{r.get('errors')} errors, e.g. {r.get('error_samples')}")
     return {
-        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/load.py " + shlex.join(argv),
-        "wall_s": round(time.monotonic() - started, 1),
+        **h.run_header("load.py", argv, started),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "repeat": args.repeat,
                      "clients": args.clients, "wait_quiet_s": args.wait_quiet,
@@ -500,7 +270,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                      "pinned": server_cpus is not None,
                      "server_cpus": sorted(server_cpus or []),
                      "client_cpus": sorted(client_cpus or [])},
-        "environment": environment(),
+        "environment": h.environment(),
         "scenarios": {k: {"conns": s.conns, "depth": s.depth, "title": s.title,
                           "short": s.short}
                       for k, s in SCENARIOS.items() if s in scenarios},
@@ -512,22 +282,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def combine(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row for repeated runs of a scenario: the run with the median server CPU per
-    request (the lower of the middle two for an even count), with the spread of the
-    repeats beside it. Invalid if any repeat was."""
-    if len(reps) == 1:
-        return reps[0]
-    bad = [r for r in reps if not r.get("valid")]
-    if bad:
-        return bad[0]
-    cpu = sorted(reps, key=lambda r: r["server_cpu_us_per_req"])
-    row = dict(cpu[(len(cpu) - 1) // 2])
-    row["repeats"] = [{k: r[k] for k in ("requests_per_s", "server_cpu_us_per_req",
-                                         "p50_us", "p99_us", "other_cores")} for r in reps]
-    row["server_cpu_us_per_req_range"] = [cpu[0]["server_cpu_us_per_req"],
-                                          cpu[-1]["server_cpu_us_per_req"]]
-    return row
+combine = h.combine_server_cpu  # the median run by server CPU per request, and the range
 
 
 def progress_line(r: dict[str, Any]) -> str:
@@ -551,23 +306,13 @@ def _x(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
 
-def _range(r: dict[str, Any]) -> str:
-    lo_hi = r.get("server_cpu_us_per_req_range")
-    return f" ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})" if lo_hi else ""
-
-
-def _noisy(cores: float) -> str:
-    return f"**{cores:.2f}** (noisy)" if cores > NOISY_CORES else f"{cores:.2f}"
-
-
 def baseline_name(data: dict[str, Any]) -> str | None:
     names = {r["server"] for r in data["runs"] if r.get("valid")}
     return BASELINE if BASELINE in names else (ECHO if ECHO in names else None)
 
 
 def find(data: dict[str, Any], server: str, loop: str, scenario: str) -> dict[str, Any] | None:
-    return next((r for r in data["runs"] if r["server"] == server and r["loop"] == loop
-                 and r["scenario"] == scenario and r.get("valid")), None)
+    return h.find(data, "server", server, loop, scenario)
 
 
 def targets(data: dict[str, Any]) -> list[str]:
@@ -606,21 +351,9 @@ def render(data: dict[str, Any]) -> str:
     env = data["environment"]
     base = baseline_name(data)
     base_label = data["servers"].get(base, {}).get("label", base) if base else None
-    out = [
-        "# Loopback load benchmark: JSON-RPC over WebSocket, fastrpc vs websockets, aiohttp, "
-        "picows",
-        "",
-        f"Generated by `benchmarks/load.py` at {data['generated']} ({data['wall_s']} s). "
-        "Command, from the repository root:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
-        f"Environment: {env['cpu']} ({env['cpus']} CPUs), Linux {env['kernel']}, CPython "
-        f"{env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + f"; fastrpc at `{env['commit'][:12]}`"
-        + (" (with uncommitted changes)" if env["dirty"] else "") + ". "
+    out = h.header_lines(data, "Loopback load benchmark: JSON-RPC over WebSocket, fastrpc vs "
+                         "websockets, aiohttp, picows", "load.py") + [
+        h.environment_text(env)
         + (f"Server pinned to CPU {data['settings']['server_cpus']}, load generator to "
            f"CPU {data['settings']['client_cpus']}. " if data["settings"]["pinned"] else "")
         + f"Load generator loop: {data['settings'].get('engine', 'python')}. "
@@ -634,8 +367,7 @@ def render(data: dict[str, Any]) -> str:
            if data["settings"].get("repeat", 1) > 1 else "."),
         "",
     ]
-    for n in data["notes"]:
-        out += [f"> **Note.** {n}", ""]
+    out += h.note_lines(data)
     out += ["## Targets", "", *targets(data), ""]
     out += [
         "## Results",
@@ -659,36 +391,28 @@ def render(data: dict[str, Any]) -> str:
         out += [f"{base_label} does no JSON-RPC work at all (no parsing, no dispatch, no "
                 "serialisation): its ratios show how much of a peer's cost is above a bare "
                 "fastrpc transport, not a like-for-like comparison.", ""]
-    loops = ["asyncio", "uvloop"]
+    loops = h.LOOPS
     order = sorted(data["servers"], key=lambda n: n != base)  # the baseline first
     for key, sc in data["scenarios"].items():
         out += [f"### Scenario {key}: {sc['title']}", "",
                 "| Server | Loop | req/s | µs CPU/req | of which sys | server CPU | p50 µs | "
                 "p99 µs | client µs/req | other | req/s ratio | CPU ratio |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        rows = [r for r in data["runs"] if r["scenario"] == key]
-        rows.sort(key=lambda r: (loops.index(r["loop"]) if r["loop"] in loops else 9,
-                                 order.index(r["server"]) if r["server"] in order else 99))
-        for r in rows:
+        for r in h.scenario_rows(data, key, "server", order):
             name = f"**{r['label']}**" if r["server"] == base else r["label"]
             if "failure" in r or not r.get("valid"):
-                why = r.get("failure") or f"INVALID: {r.get('errors')} errors"
-                why = " ".join(why.split()).replace("|", "\\|")[:300]
-                out.append(f"| {name} | {r['loop']} | {why} ||||||||||")
+                out.append(h.failure_line(name, r, r.get("failure")
+                                          or f"INVALID: {r.get('errors')} errors"))
                 continue
             b = find(data, base, r["loop"], key) if base else None
-            if b is None or b is r:
-                rr = cr = "—"
-            else:
-                rr = _x(b["requests_per_s"] / r["requests_per_s"])
-                cr = _x(r["server_cpu_us_per_req"] / b["server_cpu_us_per_req"])
+            cr, rr = h.ratios(b, r, "server_cpu_us_per_req", "requests_per_s", _x)
             out.append(
                 f"| {name} | {r['loop']} | {r['requests_per_s']:,.0f} | "
-                f"{r['server_cpu_us_per_req']:.2f}{_range(r)} | "
+                f"{r['server_cpu_us_per_req']:.2f}{h.range_text(r.get('server_cpu_us_per_req_range'))} | "
                 f"{_f(r.get('server_sys_us_per_req'), 2)} | "
                 f"{r['server_cores']:.0%} | "
                 f"{_f(r['p50_us'])} | {_f(r['p99_us'])} | {_f(r['client_cpu_us_per_req'])} | "
-                f"{_noisy(r['other_cores'])} | {rr} | {cr} |")
+                f"{h.noisy(r['other_cores'])} | {rr} | {cr} |")
         out.append("")
     ref_rows = []
     for peer, (ref_b, ref_c) in REFERENCE_US.items():
@@ -708,17 +432,15 @@ def render(data: dict[str, Any]) -> str:
     devs = [abs(r["server_runtime_us_per_req"] / r["server_cpu_us_per_req"] - 1)
             for r in data["runs"] if r.get("valid") and r.get("server_runtime_us_per_req")]
     if devs:
+        worst, median = h.spread(devs)
         out += [f"Cross-check: the server's on-CPU time from the scheduler "
-                f"(`/proc/<pid>/task/*/schedstat`, ns) is within {max(devs):.1%} of the "
+                f"(`/proc/<pid>/task/*/schedstat`, ns) is within {worst:.1%} of the "
                 f"tick-sampled utime + stime in every valid run (median "
-                f"{sorted(devs)[len(devs) // 2]:.1%}); the JSON has both.", ""]
-    if data["problems"]:
-        out += ["## Problems in this run", ""] + [f"* {p}" for p in data["problems"]] + [""]
-    out += ["## Method and caveats", "",
-            "See `benchmarks/README.md` (section *Loopback load benchmark*): how CPU per "
-            "request is measured, when requests/s is set by the client rather than the "
-            "server, where loopback TCP costs are charged, and what each peer server runs.",
-            ""]
+                f"{median:.1%}); the JSON has both.", ""]
+    out += h.footer_lines(
+        data, "See `benchmarks/README.md` (section *Loopback load benchmark*): how CPU per "
+        "request is measured, when requests/s is set by the client rather than the "
+        "server, where loopback TCP costs are charged, and what each peer server runs.")
     return "\n".join(out)
 
 
@@ -736,39 +458,17 @@ def main(argv: list[str] | None = None) -> int:
                          "per request; the lower middle one for an even N) and the range")
     ap.add_argument("--clients", type=int, default=1,
                     help="load-generator processes for multi-connection scenarios")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="before each run, wait up to this long for other processes to "
-                         f"use less than {NOISY_CORES} of a core (a shared machine)")
+    h.add_wait_quiet(ap, "before each run, wait up to this long for other processes to "
+                     f"use less than {NOISY_CORES} of a core (a shared machine)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client CPUs")
     ap.add_argument("--engine", choices=("compiled", "python"), default="compiled",
                     help="the load generator's measured loop (see loadgen.py): compiled "
                          "(default; cheaper per request than any server measured) or python")
-    ap.add_argument("--json", type=Path, default=RESULTS / "load.json")
-    ap.add_argument("--markdown", type=Path, default=RESULTS / "load.md")
-    ap.add_argument("--from-json", type=Path, help="only render an existing JSON file")
+    h.add_outputs(ap, "load")
     args = ap.parse_args(argv)
-    for opt in ("loops", "scenarios"):
-        allowed = ("asyncio", "uvloop") if opt == "loops" else tuple(SCENARIOS)
-        bad = [v for v in getattr(args, opt).split(",") if v not in allowed]
-        if bad:
-            ap.error(f"--{opt}: unknown {bad}; choose from {allowed}")
-        if len(set(getattr(args, opt).split(","))) != len(getattr(args, opt).split(",")):
-            ap.error(f"--{opt}: a value is repeated")
-    if not 0 < args.duration <= 120 or not 0 <= args.warmup <= 30 or not 1 <= args.repeat <= 20:
-        ap.error("--duration must be in (0, 120], --warmup in [0, 30], --repeat in [1, 20]")
-
-    if args.from_json:
-        data = json.loads(args.from_json.read_text())
-    else:
-        data = run(args, argv)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"wrote {os.path.relpath(args.json)}")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render(data) + "\n")
-    print(f"wrote {os.path.relpath(args.markdown)}")
-    for p in data["problems"]:
-        print("problem:", p)
+    h.check_args(ap, args, (("loops", h.LOOPS), ("scenarios", tuple(SCENARIOS))))
+    data = h.results(args, argv, run)
+    h.write_report(args, data, render)
     return 1 if any(not r.get("valid") for r in data["runs"]) else 0
 
 

@@ -4,25 +4,22 @@ how ``client_load.py`` turns repeats into rows and ratios into goals. No speed i
 asserted anywhere."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from _wsserver import ScriptedServer, frame, read_frame, servers
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 WORKER = BENCH / "client_worker.py"
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def worker_env() -> dict[str, str]:
@@ -79,35 +76,7 @@ def run_worker(port: int, client: str, conns: int, depth: int, seconds: float = 
 # -- a scripted JSON-RPC server ------------------------------------------------------------
 
 
-def read_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    b0, b1 = read_exact(sock, 2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", read_exact(sock, 2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", read_exact(sock, 8))[0]
-    key = read_exact(sock, 4)
-    data = read_exact(sock, n)
-    return b0 & 0x0F, bytes(c ^ key[i % 4] for i, c in enumerate(data))
-
-
-def frame(op: int, payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytes((0x80 | op, n)) if n < 126 else bytes((0x80 | op, 126)) + struct.pack("!H", n)
-    return head + payload
-
-
-class Scripted:
+class Scripted(ScriptedServer):
     """Upgrades every connection (no extension), then answers each request (text or
     binary, in the same opcode; web3 sends binary) as ``mode`` says:
 
@@ -115,23 +84,6 @@ class Scripted:
     * ``wrong``: ``echo`` answered with a wrong result, the rest correctly;
     * ``error``: ``add`` answered with a JSON-RPC error object, the rest correctly.
     """
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.stop = False
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self) -> None:
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def answer(self, msg: dict) -> dict:
         m, a = msg["method"], msg["params"]
@@ -144,52 +96,23 @@ class Scripted:
             result = "not what was sent"
         return {"jsonrpc": "2.0", "id": msg["id"], "result": result}
 
-    def serve(self, conn: socket.socket) -> None:
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            key = [ln.split(b":", 1)[1].strip() for ln in head.split(b"\r\n")
-                   if ln.lower().startswith(b"sec-websocket-key:")][0]
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-            while True:
-                op, data = read_frame(conn)
-                if op == 0x8:
-                    conn.sendall(frame(0x8, data[:2]))
-                    return
-                if op == 0x9:
-                    conn.sendall(frame(0xA, data))
-                    continue
-                if op not in (0x1, 0x2):
-                    continue
-                conn.sendall(frame(op, orjson.dumps(self.answer(orjson.loads(data)))))
-        except (OSError, ConnectionError):
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.stop = True
-        self.sock.close()
+    def talk(self, conn: socket.socket) -> None:
+        while True:
+            op, data = read_frame(conn)
+            if op == 0x8:
+                conn.sendall(frame(0x8, data[:2]))
+                return
+            if op == 0x9:
+                conn.sendall(frame(0xA, data))
+                continue
+            if op not in (0x1, 0x2):
+                continue
+            conn.sendall(frame(op, orjson.dumps(self.answer(orjson.loads(data)))))
 
 
 @pytest.fixture
 def scripted():
-    made: list[Scripted] = []
-
-    def make(mode: str) -> Scripted:
-        s = Scripted(mode)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from servers(Scripted)
 
 
 # -- the worker ----------------------------------------------------------------------------

@@ -5,15 +5,12 @@ A benchmark whose client miscounted or let a wrong reply through would report nu
 for work that was never done."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from array import array
 from pathlib import Path
@@ -21,9 +18,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from _wsserver import ScriptedServer, frame, read_frame, servers
+
 ROOT = Path(__file__).resolve().parents[2]
 LOADGEN = ROOT / "benchmarks" / "loadgen.py"
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ENGINES = ("compiled", "python")
 
 
@@ -97,35 +95,7 @@ def test_every_reply_verified_against_the_real_server(rpc_server, tmp_path, engi
 # -- a scripted server ---------------------------------------------------------------
 
 
-def read_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    b0, b1 = read_exact(sock, 2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", read_exact(sock, 2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", read_exact(sock, 8))[0]
-    key = read_exact(sock, 4)
-    data = read_exact(sock, n)
-    return b0 & 0x0F, bytes(c ^ key[i % 4] for i, c in enumerate(data))
-
-
-def frame(op: int, payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytes((0x80 | op, n)) if n < 126 else bytes((0x80 | op, 126)) + struct.pack("!H", n)
-    return head + payload
-
-
-class Scripted:
+class Scripted(ScriptedServer):
     """Answers the handshake, then each request as ``mode`` says:
 
     * ``wrong``: ``echo`` answered with a wrong result, the rest correctly;
@@ -136,84 +106,44 @@ class Scripted:
     """
 
     def __init__(self, mode: str):
-        self.mode = mode
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.pongs = 0
-        self.stop = False
-        threading.Thread(target=self.accept, daemon=True).start()
+        super().__init__(mode, backlog=16)
 
-    def accept(self) -> None:
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    def talk(self, conn: socket.socket) -> None:
+        replies = 0
+        if self.mode == "ping":
+            conn.sendall(frame(0x9, b"are you there"))
+        while True:
+            op, data = read_frame(conn)
+            if op == 0x8:
+                conn.sendall(frame(0x8, data[:2]))
                 return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn: socket.socket) -> None:
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
-            key = [ln.split(b":", 1)[1].strip() for ln in head.split(b"\r\n")
-                   if ln.lower().startswith(b"sec-websocket-key:")][0]
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-            replies = 0
-            if self.mode == "ping":
-                conn.sendall(frame(0x9, b"are you there"))
-            while True:
-                op, data = read_frame(conn)
-                if op == 0x8:
-                    conn.sendall(frame(0x8, data[:2]))
-                    return
-                if op == 0xA:
-                    assert data == b"are you there"
-                    self.pongs += 1
-                    continue
-                msg = orjson.loads(data)
-                result = {"echo": lambda a: a[0], "add": lambda a: a[0] + a[1],
-                          "eth_blockNumber": lambda a: "0x10d4f"}[msg["method"]](msg["params"])
-                if self.mode == "wrong" and msg["method"] == "echo":
-                    result = "not what was sent"
-                out = frame(0x1, orjson.dumps({"jsonrpc": "2.0", "id": msg["id"],
-                                               "result": result}))
-                replies += 1
-                if self.mode == "close" and replies > 10:
-                    conn.sendall(frame(0x8, struct.pack("!H", 1011) + b"going away"))
-                    return
-                if self.mode == "split":
-                    conn.sendall(out[:1])
-                    time.sleep(0.0005)
-                    conn.sendall(out[1:])
-                else:
-                    conn.sendall(out)
-        except (OSError, ConnectionError):
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.stop = True
-        self.sock.close()
+            if op == 0xA:
+                assert data == b"are you there"
+                self.pongs += 1
+                continue
+            msg = orjson.loads(data)
+            result = {"echo": lambda a: a[0], "add": lambda a: a[0] + a[1],
+                      "eth_blockNumber": lambda a: "0x10d4f"}[msg["method"]](msg["params"])
+            if self.mode == "wrong" and msg["method"] == "echo":
+                result = "not what was sent"
+            out = frame(0x1, orjson.dumps({"jsonrpc": "2.0", "id": msg["id"],
+                                           "result": result}))
+            replies += 1
+            if self.mode == "close" and replies > 10:
+                conn.sendall(frame(0x8, struct.pack("!H", 1011) + b"going away"))
+                return
+            if self.mode == "split":
+                conn.sendall(out[:1])
+                time.sleep(0.0005)
+                conn.sendall(out[1:])
+            else:
+                conn.sendall(out)
 
 
 @pytest.fixture
 def scripted():
-    made: list[Scripted] = []
-
-    def make(mode: str) -> Scripted:
-        s = Scripted(mode)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from servers(Scripted)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
