@@ -9,83 +9,34 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import websockets
+from procs import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(90)
 
 
-class Command:
-    """A ``python -m fastrpc ...`` process whose stdout lines are collected by a thread."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastrpc", *args], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line matching {pattern!r}; seen: {self.seen}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            m = re.search(pattern, line)
-            if m:
-                return m
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # a supervisor stops its workers
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait(10)
-        self.pump.join(10)  # EOF once the process (and any worker holding its stdout) is gone
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
 def command():
-    started: list[Command] = []
+    started: list[Proc] = []
 
-    def start(*args: str) -> Command:
-        c = Command(*args)
+    def start(*args: str) -> Proc:
+        c = Proc([sys.executable, "-m", "fastrpc", *args])  # a supervisor stops its workers on SIGTERM
         started.append(c)
         return c
 
     yield start
     for c in started:
-        c.stop()
+        c.close()
 
 
-def start_workers(command, n: int, app: str = "tests.apps.worker_app:build") -> tuple[Command, int, set[int]]:
+def start_workers(command, n: int, app: str = "tests.apps.worker_app:build") -> tuple[Proc, int, set[int]]:
     sup = command("serve", app, "--port", "0", "--workers", str(n), "--loop", "asyncio")
     port = int(sup.expect(r"serving .* on 127\.0\.0\.1:(\d+) with")[1])
     pids = {int(sup.expect(r"fastrpc worker listening on 127\.0\.0\.1:%d \(worker \d+, pid (\d+)\)" % port)[1])

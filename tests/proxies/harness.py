@@ -7,19 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import websockets
+
+from procs import Proc  # noqa: F401  (re-exported: the proxies tests use it)
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "tests" / "proxies" / "install.sh"
@@ -57,61 +55,6 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
-
-
-class Proc:
-    """A subprocess whose output lines are collected by a thread (stdout and stderr)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{self.argv[0]}: no line matching {pattern!r}; seen: {self.seen}")
-            try:
-                line = self.lines.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    raise AssertionError(f"{self.argv[0]} exited {self.proc.returncode}; seen: {self.seen}")
-                continue
-            self.seen.append(line)
-            m = re.search(pattern, line)
-            if m:
-                return m
-
-    def output(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get_nowait())
-        return "\n".join(self.seen)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        self.kill(signal.SIGTERM)
-        self.pump.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 class Node:
