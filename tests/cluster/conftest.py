@@ -8,10 +8,8 @@ the client teardown check: every client and pool closed, no pooled block leaked)
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import subprocess
 import sys
 from typing import Any
 
@@ -63,34 +61,13 @@ class ClusterNode(Node):  # type: ignore[misc, valid-type]
         self.concurrency = concurrency
         self.extra = list(extra or ())
 
-    async def start(self) -> "ClusterNode":
-        assert self.proc is None, "already running"
+    def command(self) -> list[str]:
         cmd = [sys.executable, NODE_SCRIPT, "--name", self.name, "--port", str(self.port),
-               "--log", self.log, "--loop", self.loop_name, "--concurrency", str(self.concurrency), *self.extra]
+               "--log", self.log, "--loop", self.loop_name, "--concurrency", str(self.concurrency),
+               *self.extra]
         for p in self.peers:
             cmd += ["--peer", f"ws://127.0.0.1:{p}/"]
-        with open(self.errlog, "ab") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-        self.starts += 1
-        fd = self.proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        buf = b""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20.0
-        while b"\n" not in buf:
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                chunk = None
-            if chunk == b"" or self.proc.poll() is not None or loop.time() > deadline:
-                self.kill()
-                with open(self.errlog) as f:
-                    raise RuntimeError(f"node {self.name} did not start: {f.read()[-2000:]}")
-            if chunk:
-                buf += chunk
-            else:
-                await asyncio.sleep(0.01)
-        return self
+        return cmd
 
     def tokens(self) -> list[str]:  # type: ignore[override]
         if not os.path.exists(self.log):

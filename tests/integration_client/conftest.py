@@ -114,17 +114,19 @@ class Node:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
+    def command(self) -> list[str]:
+        """The node's command line (subclasses add their own options)."""
+        return [sys.executable, NODE_SCRIPT, "--name", self.name, "--port", str(self.port),
+                "--log", self.log, "--loop", self.loop_name]
+
     async def start(self) -> "Node":
         """Start it (on the port it had before, after a restart); returns once it listens."""
         import subprocess
 
         assert self.proc is None, "already running"
         with open(self.errlog, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, NODE_SCRIPT, "--name", self.name, "--port", str(self.port),
-                 "--log", self.log, "--loop", self.loop_name],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-            )
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=err,
+                                         stdin=subprocess.DEVNULL)
         self.starts += 1
         fd = self.proc.stdout.fileno()
         os.set_blocking(fd, False)  # polled: no thread, no blocking the loop
