@@ -102,22 +102,7 @@ cdef inline double slack(double timeout) noexcept:
     return s if s < SLACK_M else SLACK_M
 
 
-cdef Py_ssize_t format_id(char* out, long long v) noexcept:
-    """Decimal digits of v >= 0 into out (at least 20 bytes); returns the length."""
-    cdef char tmp[20]
-    cdef Py_ssize_t n = 0, i = 0
-    cdef unsigned long long u = <unsigned long long>v
-    while True:
-        tmp[n] = <char>(48 + u % 10)
-        n += 1
-        u //= 10
-        if u == 0:
-            break
-    while n:
-        n -= 1
-        out[i] = tmp[n]
-        i += 1
-    return i
+include "_digits.pxi"
 
 
 cdef bytes method_json(object method):
@@ -142,7 +127,7 @@ cpdef bytes request_bytes(long long rid, object method, object params):
     cdef bytes mj = method_json(method)
     cdef bytes pj = EMPTY_ARRAY if (type(params) is tuple and not params) else _dumps(params)
     cdef char digits[24]
-    cdef Py_ssize_t idn = format_id(digits, rid)
+    cdef Py_ssize_t idn = format_int(digits, rid)
     cdef Py_ssize_t mn = PyBytes_GET_SIZE(mj), pn = PyBytes_GET_SIZE(pj)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, HEAD_LEN + idn + KEY_LEN + mn + KEY_LEN + pn + 1)
     cdef char* o = PyBytes_AS_STRING(out)
