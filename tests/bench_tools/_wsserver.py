@@ -8,6 +8,7 @@ import hashlib
 import socket
 import struct
 import threading
+from abc import ABC, abstractmethod
 from typing import Callable, Iterator
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -58,7 +59,7 @@ def upgrade(conn: socket.socket) -> bool:
     return True
 
 
-class ScriptedServer:
+class ScriptedServer(ABC):
     """Listens on a free loopback port; upgrades every connection in its own thread,
     then hands it to ``talk`` (socket errors end the connection quietly)."""
 
@@ -88,8 +89,9 @@ class ScriptedServer:
         finally:
             conn.close()
 
+    @abstractmethod
     def talk(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """The scripted conversation after the handshake (each test server's own)."""
 
     def close(self) -> None:
         self.stop = True
