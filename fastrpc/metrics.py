@@ -217,10 +217,15 @@ class Mirror:
     the difference, and a missed sync loses nothing."""
 
     def __init__(self, server: Server) -> None:
-        from prometheus_client.values import MultiProcessValue
+        from prometheus_client import values
 
         self.server = server
-        self._value_class = MultiProcessValue()
+        # The process's own multi-process value class when prometheus_client was imported
+        # with the directory set (a worker): the node's metrics and ours then share one
+        # open file per type; two mappings of one file in a process would overwrite
+        # each other's entries.
+        vc = values.ValueClass
+        self._value_class = vc if getattr(vc, "_multiprocess", False) else values.MultiProcessValue()
         self._values: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
     def _value(self, m: Metric, sample: str, labelnames: tuple[str, ...], labels: tuple[str, ...]) -> Any:
