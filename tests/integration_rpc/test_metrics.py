@@ -220,3 +220,43 @@ def test_metrics_path_is_not_an_rpc_path(run, rpc_server):
         assert r.status == 405
 
     run(body())
+
+
+MULTIPROC_CHILD = r'''
+import asyncio, os, sys
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.multiprocess import MultiProcessCollector
+from fastrpc import Server
+from fastrpc.metrics import Mirror
+
+node = Counter("node_blocks", "Blocks.")  # the node's own metric, multi-process too
+
+async def main():
+    srv = Server()
+    srv.method("ping")(lambda: "pong")
+    await srv.start("127.0.0.1", 0)
+    mirror = Mirror(srv)
+    for i in range(3):
+        node.inc()
+        mirror.sync()
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg)
+    print(reg.get_sample_value("node_blocks_total"), reg.get_sample_value("fastrpc_connections_open"),
+          reg.get_sample_value("fastrpc_memory_limit_bytes"))
+    await srv.stop()
+
+asyncio.run(main())
+'''
+
+
+def test_mirror_shares_the_files_with_the_nodes_metrics(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", MULTIPROC_CHILD], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    node, conns, limit = out.stdout.split()
+    assert float(node) == 3.0 and float(conns) == 0.0 and float(limit) == Limits().memory_limit
