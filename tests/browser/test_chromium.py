@@ -7,18 +7,23 @@ close), so a refusal is proven from both ends: the node's ``refused_origin`` cou
 Chromium's own console line with the status it received."""
 from __future__ import annotations
 
-from browser_rig import REFUSED, wait_until
+from browser_rig import REFUSED, Browser, PageServer, RpcNode, wait_until
 
 N = 5  # notifications published to the page's subscription
 
 
-def ws_url(node) -> str:
+def ws_url(node: RpcNode) -> str:
     return f"ws://127.0.0.1:{node.port}/"
 
 
 def test_calls_batch_and_subscription(browser, page, node):
     n = node()
-    browser.open(page.url(ws_url(n), "full", n=N))
+    full_session(browser, page, n, ws_url(n))
+
+
+def full_session(browser: Browser, page: PageServer, n: RpcNode, url: str) -> None:
+    """The page's "full" run against node ``n`` at ``url``, checked end to end (both sides)."""
+    browser.open(page.url(url, "full", n=N))
     st = browser.wait("subscribed", lambda s: s["phase"] == "subscribed")
     sub = st["replies"]["subscribe"]
     sub_id = sub["result"]
