@@ -52,7 +52,8 @@ CLOSE_REASONS: dict[str, str] = {
 
 # Upgrades refused, label → where it is counted: ``server.refused`` (admission, answered
 # with an HTTP error) or the core (answered or dropped before Python sees the request).
-REFUSE_REASONS_ADMISSION: tuple[str, ...] = ("max_connections", "per_ip", "memory", "draining")
+# "origin": the 403 for an Origin outside the allowlist (upgrades and JSON-RPC POSTs).
+REFUSE_REASONS_ADMISSION: tuple[str, ...] = ("max_connections", "per_ip", "memory", "draining", "origin")
 REFUSE_REASONS_CORE: dict[str, str] = {
     "handshake_too_large": "handshake_too_large",  # 431
     "handshake_timeout": "handshake_timeout",      # no complete head in time: dropped
