@@ -292,6 +292,24 @@ cdef class BufferPool:
             "limit": self.limit,
             "size_classes": self.size_classes,
             "blocks_in_use": tuple(self.classes[i].in_use for i in range(self.n_classes)),
+            "classes": [self._class_stats(i) for i in range(self.n_classes)],
+        }
+
+    cdef dict _class_stats(self, int i):
+        cdef PoolClass* c = &self.classes[i]
+        cdef uint32_t a, arenas = 0
+        for a in range(c.n_arenas):
+            if c.arenas[a] != NULL:
+                arenas += 1
+        return {
+            "block_size": c.block_size,
+            "blocks_total": arenas * c.blocks_per_arena,
+            "blocks_in_use": c.in_use,
+            "arenas": arenas,
+            "bytes_reserved": c.reserved,
+            # Besides the blocks: one state byte per block after each arena, and the
+            # class's arena pointer and use-count arrays (max_arenas * 10 bytes).
+            "overhead_bytes": arenas * c.blocks_per_arena + c.max_arenas * (sizeof(char*) + sizeof(uint16_t)),
         }
 
     def __repr__(self):
