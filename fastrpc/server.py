@@ -47,6 +47,7 @@ from typing import Any, Callable, Protocol
 
 from . import _core
 from .agent import agent_line, start_agent
+from .connlog import DEFAULT_BURST, DEFAULT_RATE, ConnectionLog
 from .dispatch import Dispatcher
 from .service import Registry
 from .handshake import HTTP_CONTENT_TOO_LARGE, HandshakePolicy, handle_request, reject, too_large
@@ -112,6 +113,9 @@ class Server:
     the host ``start()`` listens on (0 picks one: ``agent_port`` after start), for as long
     as the server runs. ``agent_max_inflight``: requests in flight at which the agent
     reports no spare capacity (default ``max_connections``).
+    ``log_rate`` / ``log_burst``: the connection log's budget (``fastrpc.connlog``: one
+    line per refused or abnormally ended connection on the ``fastrpc.connections``
+    logger), lines per second and lines at once; ``log_rate=0`` turns it off.
     """
 
     def __init__(
@@ -129,8 +133,11 @@ class Server:
         trusted_proxies: list[Any] | None = None,
         agent_port: int | None = None,
         agent_max_inflight: int | None = None,
+        log_rate: float = DEFAULT_RATE,
+        log_burst: int = DEFAULT_BURST,
     ) -> None:
         self.limits = limits = limits or Limits()
+        self.connlog = ConnectionLog(log_rate, log_burst)
         self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
         self.reactor = _core.Reactor(
             self.pool,
@@ -180,6 +187,8 @@ class Server:
         r.on_handshake = self._on_handshake
         r.on_close = self._on_close
         r.on_accept_paused = self._on_accept_paused
+        if self.connlog.enabled:
+            r.on_event = self.connlog.on_event  # rare ends only: never per message
         self.dispatcher: Any = None
         self.registry: Any = None
         self._http: HttpRpc | None = None
@@ -290,6 +299,8 @@ class Server:
                 sock.close()
                 raise
         self._loop = loop
+        # Normal ends (idle, clean closes) reach Python only when they would be logged.
+        self.reactor.event_mask = self.connlog.event_mask()
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
         for fwd in self.forwarders:
@@ -388,6 +399,7 @@ class Server:
                 await http.aclose()
             self.registry.close()
         self.pool.trim()
+        self.connlog.flush(force=True)
         self._started = False
 
     async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:
@@ -431,6 +443,7 @@ class Server:
             await asyncio.sleep(tick)
             try:
                 self.reactor.sweep(*args)
+                self.connlog.flush()
                 n += 1
                 if n % max(1, int(1 / tick)) == 0:  # about once a second
                     if lim.rss_limit is not None:
@@ -533,6 +546,8 @@ class Server:
     def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes | int, int | bool]:
         d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid),
                            admit_http=self._admit_http, on_headers=self._forwarded(cid, ip, port))
+        if d.status >= 400 and d.reason:  # an error answer (health answers have no reason)
+            self.connlog.refused(d.status, d.reason, *self.reactor.peer(cid))  # the real client
         if d.upgrade and self._proxy_peer:
             self._proxy_peer.pop(cid, None)
         if d.rpc:
@@ -625,6 +640,7 @@ class Server:
             m[f"refused_{k}"] = v
         if self._http is not None:
             m.update(self._http.metrics())
+        m.update(self.connlog.metrics())
         p = self.pool.stats()
         m.update(
             connections=self.reactor.n_open,
