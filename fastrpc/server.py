@@ -86,8 +86,15 @@ def _close_ms(seconds: float | None) -> int:
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """The process's resident set: /proc/self/statm (resident pages × page size), or
+    psutil where /proc is not mounted."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil  # the test extra has it; a Linux host without /proc has bigger problems
+
+        return int(psutil.Process().memory_info().rss)
 
 
 class Server:
@@ -653,3 +660,82 @@ class Server:
             memory_bytes=self.memory_in_use(),
         )
         return m
+
+    def stats(self) -> dict[str, Any]:
+        """Everything ``metrics()`` has and where the memory is, as plain Python objects
+        (nested dicts and lists of ints, floats, bools and strings: JSON as it is).
+
+        * ``connections``: ``open`` (upgraded), ``pending_handshakes`` (sockets in the
+          HTTP phase), ``requests_in_flight``, the two caps, and ``by_state`` (slots
+          per state: handshake, upgrading, open, closing, http_body, http_wait, ...;
+          one pass over the slots ever used).
+        * ``pool``: the buffer pool: ``limit``, ``bytes_reserved`` (arenas malloc'd
+          now), ``bytes_in_use`` (blocks lent now, at their block size),
+          ``high_water`` (most ever lent), ``failed_acquires``, and per size class
+          ``block_size``, ``blocks_total`` (in arenas reserved now), ``blocks_in_use``,
+          ``arenas``, ``bytes_reserved``, ``overhead_bytes`` (a state byte per block,
+          the arena index arrays).
+        * ``table``: the connection table's C arrays: ``slot_size`` (72), ``capacity``
+          (max_connections + max_pending_handshakes), ``slots_bytes`` (capacity ×
+          slot_size, calloc'd: a page costs RSS only once a slot on it was used),
+          ``slots_used_bytes`` (slots ever used × slot_size: what of it can be
+          resident), ``slots_in_use_bytes``, ``ip_entries`` / ``ip_table_bytes`` (the
+          per-IP count table, calloc'd alike), ``ips`` (addresses with a connection),
+          ``flush_list_bytes`` (4 bytes per slot of capacity, malloc'd; only the
+          entries of a batch's busiest moment are ever touched), ``scratch_bytes`` (the
+          256 KiB read buffer all connections share).
+        * ``memory``: ``accounted`` (pool bytes in use + slots in use × slot_size: the
+          figure ``memory_limit`` and the soft limit are compared with, and /health's
+          ``memory_bytes``), ``limit``, ``soft_limit``, ``over_soft_limit`` (accounted
+          over ``soft_limit``, or RSS over ``rss_limit``: new upgrades get 503),
+          ``pool_reserved`` (arena bytes malloc'd, in use or not), ``core_bytes``
+          (everything the compiled core has allocated: pool arenas and their overhead,
+          slot array, per-IP table, flush list, scratch buffer; address space, of
+          which only touched pages are resident), ``rss`` (the process's resident set,
+          from /proc/self/statm, or psutil) and ``rss_limit``.
+        * ``metrics``: ``metrics()``.
+
+        Not in ``accounted`` (nor anywhere but ``rss``): the interpreter, the event
+        loop and every Python object (handlers, subscriptions, tasks of async calls,
+        kept headers), the malloc heap around the core's allocations, and the
+        reserved-but-unlent part of the pool. Not in ``rss`` either: kernel memory,
+        i.e. socket buffers, the epoll set and the file table of every connection.
+        """
+        r = self.reactor
+        lim = self.limits
+        pool = self.pool.stats()
+        table = r.memory()
+        accounted = self.memory_in_use()
+        core = (pool["bytes_reserved"] + sum(c["overhead_bytes"] for c in pool["classes"])
+                + table["slots_bytes"] + table["ip_table_bytes"] + table["flush_list_bytes"]
+                + table["scratch_bytes"])
+        return {
+            "connections": {
+                "open": r.n_open,
+                "pending_handshakes": r.n_pending,
+                "requests_in_flight": r.inflight_total,
+                "max_connections": lim.max_connections,
+                "max_pending_handshakes": lim.max_pending_handshakes,
+                "by_state": r.state_counts(),
+            },
+            "pool": {
+                "limit": pool["limit"],
+                "bytes_reserved": pool["bytes_reserved"],
+                "bytes_in_use": pool["bytes_in_use"],
+                "high_water": pool["high_water"],
+                "failed_acquires": pool["failed_acquires"],
+                "classes": pool["classes"],
+            },
+            "table": table,
+            "memory": {
+                "accounted": accounted,
+                "limit": lim.memory_limit,
+                "soft_limit": int(lim.memory_limit * lim.memory_soft_ratio),
+                "over_soft_limit": self._over_soft_limit(),
+                "pool_reserved": pool["bytes_reserved"],
+                "core_bytes": core,
+                "rss": _rss_bytes(),
+                "rss_limit": lim.rss_limit,
+            },
+            "metrics": self.metrics(),
+        }
