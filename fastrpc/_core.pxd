@@ -63,7 +63,7 @@ cdef class BufferPool:
     cdef PoolClass classes[MAX_CLASSES]
     cdef int n_classes
     cdef readonly size_t limit            # hard ceiling on bytes_reserved
-    cdef readonly size_t bytes_reserved   # arena bytes malloc'd now
+    cdef readonly size_t bytes_reserved   # arena bytes mapped now (mmap; trim() unmaps idle arenas)
     cdef readonly size_t bytes_in_use     # block bytes handed out now
     cdef readonly size_t high_water       # max bytes_in_use seen
     cdef readonly uint64_t failed_acquires

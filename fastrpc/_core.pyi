@@ -55,7 +55,7 @@ class BufferPool:
     def limit(self) -> int: ...
     @property
     def bytes_reserved(self) -> int:
-        """Bytes of arenas currently reserved (malloc'd), all classes."""
+        """Bytes of arenas currently reserved (mmap'd; trim() unmaps the idle ones), all classes."""
     @property
     def bytes_in_use(self) -> int:
         """Bytes of blocks currently handed out (block size, not bytes written)."""

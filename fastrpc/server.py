@@ -669,7 +669,7 @@ class Server:
           HTTP phase), ``requests_in_flight``, the two caps, and ``by_state`` (slots
           per state: handshake, upgrading, open, closing, http_body, http_wait, ...;
           one pass over the slots ever used).
-        * ``pool``: the buffer pool: ``limit``, ``bytes_reserved`` (arenas malloc'd
+        * ``pool``: the buffer pool: ``limit``, ``bytes_reserved`` (arenas mapped
           now), ``bytes_in_use`` (blocks lent now, at their block size),
           ``high_water`` (most ever lent), ``failed_acquires``, and per size class
           ``block_size``, ``blocks_total`` (in arenas reserved now), ``blocks_in_use``,
@@ -688,7 +688,7 @@ class Server:
           figure ``memory_limit`` and the soft limit are compared with, and /health's
           ``memory_bytes``), ``limit``, ``soft_limit``, ``over_soft_limit`` (accounted
           over ``soft_limit``, or RSS over ``rss_limit``: new upgrades get 503),
-          ``pool_reserved`` (arena bytes malloc'd, in use or not), ``core_bytes``
+          ``pool_reserved`` (arena bytes mapped, in use or not), ``core_bytes``
           (everything the compiled core has allocated: pool arenas and their overhead,
           slot array, per-IP table, flush list, scratch buffer; address space, of
           which only touched pages are resident), ``rss`` (the process's resident set,
