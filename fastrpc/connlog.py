@@ -129,7 +129,7 @@ class ConnectionLog:
     def refused(self, status: int, reason: str, ip: str, port: int) -> None:
         """An HTTP error answer decided in Python (admission, handshake checks)."""
         self._line(logging.WARNING if status == 500 else logging.INFO,
-                   "refused %d %s peer=%s", status, reason, ip, port)
+                   "refused %d %s peer=%s", (status, reason), ip, port)
 
     def on_event(self, reason: int, code: int, detail: str, ip: str, port: int) -> None:
         """``Engine.on_event``: a connection the core refused or ended (see _core.pyi)."""
@@ -146,13 +146,14 @@ class ConnectionLog:
             level = logging.INFO
         verb = "refused" if name in _REFUSALS else "closed"
         if code:
-            self._line(level, f"{verb} %d %s peer=%s", code, text, ip, port)
+            self._line(level, verb + " %d %s peer=%s", (code, text), ip, port)
         else:
-            self._line(level, f"{verb} %s peer=%s", text, ip, port)
+            self._line(level, verb + " %s peer=%s", (text,), ip, port)
 
     # --- rate limit ------------------------------------------------------------------
 
-    def _line(self, level: int, fmt: str, *args: object) -> None:
+    def _line(self, level: int, fmt: str, args: tuple[object, ...], ip: str, port: int) -> None:
+        """Log ``fmt % (*args, peer)`` if the level is enabled and the bucket has a token."""
         if not self.enabled or not self.logger.isEnabledFor(level):
             return
         now = self._clock()
@@ -167,8 +168,7 @@ class ConnectionLog:
             return
         self._tokens -= 1.0
         self.lines += 1
-        ip, port = args[-2], args[-1]
-        self.logger.log(level, fmt, *args[:-2], peer_text(str(ip), int(port)))  # type: ignore[call-overload]
+        self.logger.log(level, fmt, *args, peer_text(ip, port))
 
     def flush(self, force: bool = False) -> None:
         """Write the summary of suppressed lines, if any and at least
