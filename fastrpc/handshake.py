@@ -96,6 +96,7 @@ from .limits import Limits
 __all__ = [
     "GUID",
     "MAX_HEADERS",
+    "ORIGIN_NOT_ALLOWED",
     "WEBSOCKET_VERSION",
     "Decision",
     "HandshakePolicy",
@@ -133,6 +134,9 @@ WEBSOCKET_VERSION = "13"
 MAX_HEADERS = 100
 """Header lines in one request head; past it: 431."""
 DEFAULT_HEALTH_PATH = "/health"
+ORIGIN_NOT_ALLOWED = "origin not allowed"
+"""``Decision.reason`` of the 403 for an Origin outside the allowlist (an upgrade or a
+JSON-RPC POST); the server counts these apart from the auth hook's 403s."""
 JSON_CONTENT_TYPES = frozenset(("application/json", "application/json-rpc", "application/jsonrequest"))
 """Media types a JSON-RPC POST may declare (go-ethereum's ``acceptedContentTypes``)."""
 
@@ -677,7 +681,7 @@ def _handle(
     if policy._paths is not None and path not in policy._paths:
         return _fail(HTTP_NOT_FOUND, "not found", headers, target)
     if policy.allowed_origins is not None and not policy.origin_allowed(fields.get("origin")):
-        return _fail(HTTP_FORBIDDEN, "origin not allowed", headers, target)
+        return _fail(HTTP_FORBIDDEN, ORIGIN_NOT_ALLOWED, headers, target)
 
     if policy.auth is not None:
         denied = _run_auth(policy, target, headers)
@@ -725,7 +729,7 @@ def _rpc_request(
     if _digits(length) is None:
         return _fail(HTTP_BAD_REQUEST, "invalid Content-Length", headers, target)
     if policy.allowed_origins is not None and not policy.origin_allowed(fields.get("origin")):
-        return _fail(HTTP_FORBIDDEN, "origin not allowed", headers, target)
+        return _fail(HTTP_FORBIDDEN, ORIGIN_NOT_ALLOWED, headers, target)
     if policy.auth is not None:
         denied = _run_auth(policy, target, headers)
         if denied is not None:

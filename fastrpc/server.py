@@ -50,7 +50,15 @@ from .agent import agent_line, start_agent
 from .connlog import DEFAULT_BURST, DEFAULT_RATE, ConnectionLog
 from .dispatch import Dispatcher
 from .service import Registry
-from .handshake import HTTP_CONTENT_TOO_LARGE, HandshakePolicy, handle_request, reject, too_large
+from .handshake import (
+    HTTP_CONTENT_TOO_LARGE,
+    HTTP_FORBIDDEN,
+    ORIGIN_NOT_ALLOWED,
+    HandshakePolicy,
+    handle_request,
+    reject,
+    too_large,
+)
 from .http import HttpRpc
 from .limits import Limits
 from .proxies import TrustedProxies
@@ -186,7 +194,8 @@ class Server:
         self._hops: set[int] | None = None
         #: Forwarding rules (``forward()``); their load figures go into ``/health``.
         self.forwarders: list[Any] = []
-        self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0, "http_body": 0}
+        self.refused = {"max_connections": 0, "per_ip": 0, "memory": 0, "draining": 0, "http_body": 0,
+                        "origin": 0}
         r = self.reactor
         r.http_431 = too_large()
         r.http_503 = reject(503, "too many connections", [("Retry-After", str(limits.retry_after))])
@@ -562,6 +571,9 @@ class Server:
             return self._http.on_request(cid, d)
         if d.status == HTTP_CONTENT_TOO_LARGE:
             self.refused["http_body"] += 1
+        elif d.status == HTTP_FORBIDDEN and d.reason == ORIGIN_NOT_ALLOWED:
+            # A browser cannot see why its WebSocket failed: this is how an operator can.
+            self.refused["origin"] += 1
         if d.upgrade and self._keep_headers:
             self._headers[cid] = d.headers
         if d.upgrade and self._hops is not None:
@@ -641,7 +653,9 @@ class Server:
         200 included), ``refused_http`` the errors among them (4xx/5xx, also ``/health``
         503, and a request line answered 400 as it arrives; a head over
         ``max_handshake_size`` counts ``handshake_too_large`` instead);
-        ``refused_<reason>`` breaks down the upgrades admission refused."""
+        ``refused_<reason>`` breaks down the upgrades admission refused;
+        ``refused_origin`` counts the 403s for an Origin outside ``origins`` (upgrades
+        and JSON-RPC POSTs alike, not the auth hook's 403s)."""
         m: dict[str, Any] = dict(self.reactor.counters_dict())
         for k, v in self.refused.items():
             m[f"refused_{k}"] = v

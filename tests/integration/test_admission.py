@@ -220,3 +220,32 @@ def test_memory_soft_limit_refuses_upgrades_and_health(run, server):
         assert srv.metrics()["refused_memory"] == 1
 
     run(body())
+
+
+def test_origin_403_counted_apart_from_auth_403(run, server):
+    """An Origin outside ``origins`` gets 403 and counts ``refused_origin`` (a browser's
+    script cannot see the status: the counter is how the refusal shows); the auth hook's
+    own 403 is not an origin refusal."""
+    def auth(path: str, headers: list[tuple[str, str]]) -> bool | int:
+        return 403 if path == "/deny" else True
+
+    async def body():
+        srv = await server(server_kw={"origins": ["http://good.test"], "auth": auth})
+        for origin in ("http://evil.test", None):  # None: no Origin header, not listed
+            with pytest.raises(InvalidStatus) as info:
+                async with ws_connect(srv, origin=origin):
+                    pass
+            assert info.value.response.status_code == 403
+            assert bytes(info.value.response.body) == b"origin not allowed\n"
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(ws_url(srv, "/deny"), proxy=None, origin="http://good.test",
+                               open_timeout=5):
+                pass
+        assert info.value.response.status_code == 403
+        async with ws_connect(srv, origin="http://good.test") as ws:
+            await echo_once(ws)
+        m = srv.metrics()
+        assert m["refused_origin"] == 2
+        assert m["refused_http"] == 3 and m["upgraded"] == 1
+
+    run(body())

@@ -420,6 +420,7 @@ def test_origin_403(run, rpc_server):
         assert resp.status == 403
         async with await HttpConn.open(srv.port) as c:
             assert (await c.call("chain_echo", [1], headers=(("Origin", "https://app.example"),)))["result"] == 1
+        assert srv.metrics()["refused_origin"] == 2
 
     run(body())
 
@@ -438,6 +439,7 @@ def test_auth_401_403(run, rpc_server):
         async with await HttpConn.open(srv.port) as c:
             reply = await c.call("chain_echo", [1], headers=(("Authorization", "Bearer good"),))
             assert reply["result"] == 1
+        assert srv.metrics()["refused_origin"] == 0  # the auth hook's 403 is not an Origin's
 
     run(body())
 
