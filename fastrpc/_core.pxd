@@ -63,7 +63,7 @@ cdef class BufferPool:
     cdef PoolClass classes[MAX_CLASSES]
     cdef int n_classes
     cdef readonly size_t limit            # hard ceiling on bytes_reserved
-    cdef readonly size_t bytes_reserved   # arena bytes malloc'd now
+    cdef readonly size_t bytes_reserved   # arena bytes mapped now (mmap; trim() unmaps idle arenas)
     cdef readonly size_t bytes_in_use     # block bytes handed out now
     cdef readonly size_t high_water       # max bytes_in_use seen
     cdef readonly uint64_t failed_acquires
@@ -75,6 +75,7 @@ cdef class BufferPool:
     cdef uint32_t grow_c(self, uint32_t handle, uint32_t used, size_t size) noexcept
     cdef int _reserve_arena(self, int cls) noexcept
     cdef int _check(self, uint32_t handle) noexcept
+    cdef dict _class_stats(self, int i)
 
 cdef struct Parsing:
     # A parse in progress holds its connection's FrameState on the C stack; a chain of
@@ -89,6 +90,7 @@ cdef class FrameParser:
     cdef FrameState st
     cdef ParserConfig cfg
     cdef BufferPool pool
+    cdef readonly uint64_t frames         # frame headers read and accepted so far
 
 # Connection slot states
 cdef enum:
@@ -116,7 +118,8 @@ cdef enum:
     SF_LINGER = 512         # refused: answer written, then SHUT_WR; discard input until EOF
     SF_WANT_OUT = 1024      # send() would block: EPOLLOUT wanted until the out chain drains
     SF_CLIENT = 2048        # client role: frames we send are masked, frames we get are not
-    SF_KEEP_ALIVE = 4096    # HTTP: after the response, read the next request (else close)
+    SF_KEEP_ALIVE = 4096    # HTTP: a request was answered and the connection kept alive
+                            # (a handshake timeout with nothing of the next one is idling)
 
 cdef struct Slot:
     # One connection: 72 bytes of C memory, never a Python object. Parser state is not
@@ -126,13 +129,17 @@ cdef struct Slot:
     uint32_t gen              # generation, bumped on every add: ids are gen << 32 | index
     uint16_t port             # peer port
     uint8_t state             # SLOT_*
-    uint8_t pad0
+    uint8_t end_reason        # why the connection is ending: a counter index (C_* in
+                              # _engine.pxi) kept for on_event; 0 = none yet (see
+                              # Engine._note_end for which reason wins)
     uint16_t flags            # SF_*
     uint16_t inflight         # requests handed to Python and not finished
     uint16_t close_code       # code for on_close once closing (received, or sent on
                               # failure); in SLOT_HANDSHAKE (server): request-line check
                               # progress (see Engine._check_request_line)
-    uint16_t pad1
+    uint16_t end_detail       # with end_reason: the HTTP status of a refusal the core
+                              # wrote, the close code of a close we started, or the
+                              # parser's error (E_* in _frames.pxi) of a failed frame
     uint8_t addr[16]          # peer address, IPv4 as ::ffff:a.b.c.d; key of the per-IP count
     uint32_t last_message     # monotonic ms of the last whole message (idle timeout);
                               # SLOT_HTTP_BODY: bytes of the body still to come

@@ -55,7 +55,7 @@ class BufferPool:
     def limit(self) -> int: ...
     @property
     def bytes_reserved(self) -> int:
-        """Bytes of arenas currently reserved (malloc'd), all classes."""
+        """Bytes of arenas currently reserved (mmap'd; trim() unmaps the idle ones), all classes."""
     @property
     def bytes_in_use(self) -> int:
         """Bytes of blocks currently handed out (block size, not bytes written)."""
@@ -85,7 +85,11 @@ class BufferPool:
         O(blocks reserved): call it from housekeeping, never per message."""
     def stats(self) -> dict[str, object]:
         """``bytes_reserved``, ``bytes_in_use``, ``high_water``, ``failed_acquires``,
-        ``limit``, ``size_classes`` and ``blocks_in_use`` (a tuple, one per class)."""
+        ``limit``, ``size_classes``, ``blocks_in_use`` (a tuple, one per class) and
+        ``classes``: per size class a dict of ``block_size``, ``blocks_total`` (blocks
+        in the arenas reserved now), ``blocks_in_use``, ``arenas``, ``bytes_reserved``
+        and ``overhead_bytes`` (outside the blocks: one state byte per block, and the
+        class's arena pointer and use-count arrays)."""
 
 class FrameParser:
     """Incremental RFC 6455 frame parser for one connection: bytes in, events out.
@@ -132,6 +136,9 @@ class FrameParser:
     @property
     def buffered(self) -> int:
         """Bytes of pooled blocks this parser holds now (0 between messages)."""
+    @property
+    def frames(self) -> int:
+        """Frame headers read and accepted so far (data, continuation and control)."""
     @property
     def closed(self) -> bool:
         """True once a close frame was parsed or an error raised."""
@@ -208,6 +215,12 @@ class ConnTable:
         """Connections held now by ``ip``."""
     def ips(self) -> int:
         """Distinct addresses with at least one connection."""
+    def memory(self) -> dict[str, int]:
+        """Bytes of the table's C arrays: ``slot_size``, ``capacity``, ``slots_bytes``
+        (capacity × slot_size, calloc'd: a page is resident only once one of its slots
+        was used), ``slots_used_bytes`` (slots ever used × slot_size), ``slots_in_use_bytes``,
+        ``ip_entries`` and ``ip_table_bytes`` (the per-IP counts, calloc'd alike),
+        ``ips``."""
     def touch(self, cid: int, now: int | None = None, *, message: bool = True) -> None:
         """Record activity: any bytes received (``message=False``) or a whole message."""
     def set_inflight(self, cid: int, n: int) -> None: ...
@@ -217,6 +230,10 @@ class ConnTable:
     def mark_ping_sent(self, cid: int, now: int | None = None) -> None: ...
 
 COUNTER_NAMES: Final[tuple[str, ...]]
+EVENTS_ABNORMAL: Final[int]  # event_mask bits of the abnormal ends (refusals the core
+                             # writes, timeouts, EOF on an open WebSocket, 1002/1007/1009/
+                             # 1011/1013, slow readers, pending_overflow): the default
+EVENTS_NORMAL: Final[int]    # closed_peer, closed_idle, closed_by_server
 
 HTTP_CLOSE: Final[int]       # on_handshake/on_body action: write the response, close
 HTTP_UPGRADE: Final[int]     # write the 101, switch to WebSocket (True works too)
@@ -249,6 +266,16 @@ class Engine:
     * ``on_close(cid, code)``: an upgraded server connection or any client connection
       ended (code received, or 1006; a client that never opened gets 1006).
     * ``on_accept_paused()`` (Reactor): accept hit EMFILE/ENFILE; call ``resume_accept()``.
+    * ``on_event(reason, code, detail, ip, port)``: for logs, a connection ended for a
+      reason (an index into ``COUNTER_NAMES``) whose bit is set in ``event_mask``, or
+      (Reactor) a socket was closed at accept (``pending_overflow``). ``code``: the
+      status of a refusal the core wrote (400, 431, 500, 503), 0 for another HTTP-phase
+      end, else the WebSocket close code (the one we sent, or 1006). ``detail``: the
+      frame error (``"invalid UTF-8"``, ``"too many fragments"``) or ``""``. Called
+      once per connection, after its slot is freed, before ``on_close``; the first
+      abnormal reason wins (a normal one gives way to an abnormal one that follows).
+      EOF counts only on an open WebSocket; answers Python decided (on_handshake's
+      refusals) are not reported: Python logs them.
     """
 
     on_handshake: object
@@ -258,6 +285,9 @@ class Engine:
     on_binary: object
     on_close: object
     on_accept_paused: object
+    on_http_close: object
+    on_event: object
+    event_mask: int
     http_400: bytes
     http_431: bytes
     http_503: bytes
@@ -351,7 +381,14 @@ class Engine:
         connects, request bodies and keep-alive waits."""
     def close_all(self, code: int = 1001, reason: str | bytes = ...) -> None: ...
     def abort_all(self) -> None: ...
-    def counters_dict(self) -> dict[str, int]: ...
+    def counters_dict(self) -> dict[str, int]:
+        """Every counter by its ``COUNTER_NAMES`` name (``frames_in`` / ``frames_out``
+        count frames, control frames included; ``messages_*`` whole messages)."""
+    def state_counts(self) -> dict[str, int]:
+        """Connections per slot state (handshake, upgrading, open, closing, connecting,
+        http_body, http_wait); one C pass over the slots ever used."""
+    def memory(self) -> dict[str, int]:
+        """``ConnTable.memory()`` plus ``flush_list_bytes`` (4 per slot of capacity)."""
     def __len__(self) -> int: ...
 
 class Reactor(Engine):
@@ -374,6 +411,8 @@ class Reactor(Engine):
     def last_errno(self) -> int:
         """Inside ``on_close``: the errno of the socket error that ended the connection
         (e.g. ECONNREFUSED for a failed connect), 0 for an EOF."""
+    def memory(self) -> dict[str, int]:
+        """``Engine.memory()`` plus ``scratch_bytes``: the read buffer all connections share."""
     def connect(self, ip: str, port: int, request: Buffer) -> int:
         """Client role: a non-blocking connect to a numeric address; ``request`` is
         sent once connected and the response head goes to ``on_response``. Raises

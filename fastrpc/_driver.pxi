@@ -157,6 +157,12 @@ cdef class Reactor(Engine):
     def attached(self):
         return self.loop is not None
 
+    def memory(self):
+        """Engine.memory() plus the shared read buffer of this reactor."""
+        m = Engine.memory(self)
+        m["scratch_bytes"] = SCRATCH_SIZE
+        return m
+
     def add_listener(self, int fd):
         """Accept connections from listening socket `fd` (non-blocking; the caller keeps it open)."""
         cdef epoll_event ev
@@ -337,6 +343,8 @@ cdef class Reactor(Engine):
             if idx < 0:
                 self.counters[C_PENDING_OVERFLOW] += 1
                 close(fd)
+                if self.on_event is not None and (self.event_mask >> C_PENDING_OVERFLOW) & 1:
+                    self._event(C_PENDING_OVERFLOW, 0, 0, a16, port)
                 continue
             s = &self.table.slots[idx]
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
@@ -390,6 +398,7 @@ cdef class Reactor(Engine):
             self.counters[C_BYTES_OUT] += sent
             return sent
         if sent < 0 and errno != EAGAIN and errno != EINTR:
+            self.last_errno = errno
             return -1
         return -2
 

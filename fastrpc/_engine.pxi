@@ -70,6 +70,8 @@ cdef enum:
     C_HTTP_REQUESTS         # plain HTTP requests answered, any status (early 400s and 500s too)
     C_CLIENT_OPENED         # client connections whose 101 was accepted
     C_CLIENT_FAILED         # client connections that ended before their 101
+    C_FRAMES_IN             # frame headers read and accepted, control frames included
+    C_FRAMES_OUT            # frames encoded into an out chain or sent straight away
     C_N
 
 COUNTER_NAMES = (
@@ -79,8 +81,21 @@ COUNTER_NAMES = (
     "closed_slow_reader", "closed_close_timeout", "closed_by_server",
     "closed_handler_error", "messages_in", "messages_out", "bytes_in", "bytes_out",
     "pings_sent", "read_pauses", "write_waits", "batches", "http_requests",
-    "client_opened", "client_failed",
+    "client_opened", "client_failed", "frames_in", "frames_out",
 )
+
+# Connection events (Engine.on_event): a connection ending for reason r (a counter
+# index) is reported when bit r of Engine.event_mask is set. Abnormal reasons are the
+# default mask, and they take precedence over normal ones (see Engine._note_end).
+cdef uint64_t _ABNORMAL = (
+    (1ULL << C_REFUSED_HTTP) | (1ULL << C_HANDSHAKE_TOO_LARGE) | (1ULL << C_HANDSHAKE_TIMEOUT)
+    | (1ULL << C_PENDING_OVERFLOW) | (1ULL << C_CLOSED_EOF) | (1ULL << C_CLOSED_PROTOCOL)
+    | (1ULL << C_CLOSED_TOO_BIG) | (1ULL << C_CLOSED_NOMEM) | (1ULL << C_CLOSED_PONG_TIMEOUT)
+    | (1ULL << C_CLOSED_SLOW_READER) | (1ULL << C_CLOSED_CLOSE_TIMEOUT)
+    | (1ULL << C_CLOSED_HANDLER_ERROR))
+cdef uint64_t _NORMAL = (1ULL << C_CLOSED_PEER) | (1ULL << C_CLOSED_IDLE) | (1ULL << C_CLOSED_BY_SERVER)
+EVENTS_ABNORMAL = _ABNORMAL
+EVENTS_NORMAL = _NORMAL
 
 _log = None
 
@@ -139,6 +154,15 @@ cdef class Engine:
     * ``on_http_close(cid)``: a server connection that never upgraded ended (after
       plain HTTP, while a body or a deferred answer was pending, or refused), so
       Python can forget what it kept for the request.
+    * ``on_event(reason, code, detail, ip, port)``: a rare event, for logs: a
+      connection ended for a reason whose bit is set in ``event_mask`` (default
+      ``EVENTS_ABNORMAL``), or a socket was closed at accept (``pending_overflow``).
+      ``reason`` indexes ``COUNTER_NAMES``; ``code`` is the HTTP status of a refusal the
+      core wrote (400, 431, 500, 503; 0 for a drop), or the close code of a WebSocket
+      (the one we sent, else 1006); ``detail`` names a frame error ("invalid UTF-8"),
+      else "". Called once per connection, after its slot is freed (and before
+      on_close / on_http_close); never on the path of a normal message. None (the
+      default) costs one pointer test per connection end.
     """
     cdef readonly ConnTable table
     cdef readonly BufferPool pool
@@ -169,6 +193,8 @@ cdef class Engine:
     cdef public object on_close
     cdef public object on_http_close
     cdef public object on_accept_paused
+    cdef public object on_event
+    cdef public uint64_t event_mask          # bit r: report ends for reason r (a C_* index)
     # HTTP answers the core writes itself (the server sets them from handshake.py):
     cdef public bytes http_400   # the request line cannot be HTTP (checked as it arrives)
     cdef public bytes http_431   # request head over max_handshake_size
@@ -199,6 +225,7 @@ cdef class Engine:
         self.dirty = <uint32_t*>malloc(sizeof(uint32_t) * max(capacity, 1))
         if self.dirty == NULL:
             raise MemoryError()
+        self.event_mask = _ABNORMAL
         self.http_400 = _HTTP_400
         self.http_431 = _HTTP_431
         self.http_503 = _HTTP_503
@@ -331,7 +358,7 @@ cdef class Engine:
         if not (s.flags & SF_CLIENT) and self._check_request_line(s, p, s.in_len) < 0:
             self.counters[C_HTTP_REQUESTS] += 1
             self.counters[C_REFUSED_HTTP] += 1
-            self._refuse(s, cid, self.http_400)
+            self._refuse(s, cid, self.http_400, C_REFUSED_HTTP, 400)
             return -1
         start = old - 3 if old >= 3 else 0
         hit = <const uint8_t*>memmem(p + start, s.in_len - start, b"\r\n\r\n", 4)
@@ -342,7 +369,7 @@ cdef class Engine:
                 if s.flags & SF_CLIENT:
                     self._drop(s, cid, 1006, -1)
                 else:
-                    self._refuse(s, cid, self.http_431)
+                    self._refuse(s, cid, self.http_431, C_HANDSHAKE_TOO_LARGE, 431)
                 return -1
             return 0
         head_len = (hit - p) + 4
@@ -380,7 +407,7 @@ cdef class Engine:
             if s != NULL:
                 self.counters[C_HTTP_REQUESTS] += 1
                 self.counters[C_REFUSED_HTTP] += 1
-                self._refuse(s, cid, self.http_500)
+                self._refuse(s, cid, self.http_500, C_REFUSED_HTTP, 500)
             return -1
 
     cdef int _http_answer(self, Slot* s, uint64_t cid, object response, int action,
@@ -397,7 +424,7 @@ cdef class Engine:
             if self.table.ip_admit(s) < 0 or self.n_open >= self.max_open:
                 self.counters[C_HTTP_REQUESTS] += 1
                 self.counters[C_REFUSED_HTTP] += 1
-                self._refuse(s, cid, self.http_503)
+                self._refuse(s, cid, self.http_503, C_REFUSED_HTTP, 503)
                 return -1
             if self._queue(s, cid, <const uint8_t*>PyBytes_AS_STRING(response), len(response)) < 0:
                 return -1
@@ -449,6 +476,7 @@ cdef class Engine:
 
     cdef void _next_request(self, Slot* s, uint32_t now) noexcept:
         s.state = SLOT_HANDSHAKE
+        s.flags |= SF_KEEP_ALIVE  # answered one request: waiting for the next is idling
         s.ping_sent = now  # the keep-alive wait counts as a handshake (timeout)
         s.close_code = 0
 
@@ -494,7 +522,7 @@ cdef class Engine:
             if s != NULL:
                 self.counters[C_HTTP_REQUESTS] += 1
                 self.counters[C_REFUSED_HTTP] += 1
-                self._refuse(s, cid, self.http_500)
+                self._refuse(s, cid, self.http_500, C_REFUSED_HTTP, 500)
             return -1
 
     def respond(self, cid, response, bint keep_alive=True):
@@ -573,9 +601,14 @@ cdef class Engine:
             return 2
         return 0
 
-    cdef void _refuse(self, Slot* s, uint64_t cid, bytes response) noexcept:
+    cdef void _refuse(self, Slot* s, uint64_t cid, bytes response, int reason=-1,
+                      int status=0) noexcept:
         """Write an HTTP answer, then half-close and discard input until EOF (so the
-        peer reads the answer instead of a reset), bounded by the close timeout."""
+        peer reads the answer instead of a reset), bounded by the close timeout.
+        `reason` / `status`: a refusal the core decided, reported by on_event when the
+        connection ends (Python reports the answers it decided itself)."""
+        if reason >= 0:
+            self._note_end(s, reason, status)
         if _http_phase(s.state) and not (s.flags & SF_CLIENT):
             self.n_pending -= 1
         s.state = SLOT_CLOSING
@@ -641,7 +674,8 @@ cdef class Engine:
                 # Keep what was read but not parsed; it is parsed on resume.
                 return self._keep_input(s, cid, data + pos, n - pos)
             try:
-                payload = parse_next(st, self.pool, cfg, data, n, &pos, &op)
+                payload = parse_next(st, self.pool, cfg, data, n, &pos, &op,
+                                     &self.counters[C_FRAMES_IN])
             except BaseException:  # MemoryError creating the payload object
                 _log_exception("parse")
                 op = -1
@@ -707,7 +741,10 @@ cdef class Engine:
         self._finish(s, cid, code, counter)
 
     cdef void _fail_conn(self, Slot* s, uint64_t cid, int code, int reason, int counter) noexcept:
-        """Fail the connection (RFC 6455 §7.1.7): close frame with `code`, then drop."""
+        """Fail the connection (RFC 6455 §7.1.7): close frame with `code`, then drop.
+        `reason`: the E_* error, sent as the close reason and kept for on_event."""
+        if counter >= 0:
+            self._note_end(s, counter, reason)
         if not (s.flags & SF_CLOSE_SENT):
             if self._close_frame_reason(s, cid, code, _REASONS[reason].encode()) < 0:
                 return
@@ -720,6 +757,7 @@ cdef class Engine:
         s.ping_sent = monotonic_ms_c()
         if counter >= 0:
             self.counters[counter] += 1
+            self._note_end(s, counter, 0)
         s.close_code = <uint16_t>code
         self._update_interest(s, cid)
         if s.out_bytes == 0:
@@ -756,14 +794,18 @@ cdef class Engine:
             else:
                 memcpy(frame + hl, body, n)
             sent = self._try_send(s, frame, hl + n)
-            if sent == <ssize_t>(hl + n):
-                return 0
-            if sent > 0:
-                return self._queue(s, cid, frame + sent, hl + n - sent, NULL, 0)
             if sent == -1:
                 self._drop(s, cid, 1006, C_CLOSED_EOF)
                 return -1
-            return self._queue(s, cid, frame, hl + n, NULL, 0)  # would block / sans-I/O
+            if sent == <ssize_t>(hl + n):
+                self.counters[C_FRAMES_OUT] += 1
+                return 0
+            if sent < 0:
+                sent = 0  # would block / sans-I/O: all of it waits in the out chain
+            if self._queue(s, cid, frame + sent, hl + n - sent, NULL, 0) < 0:
+                return -1
+            self.counters[C_FRAMES_OUT] += 1
+            return 0
         return self._queue_frame(s, 0x88, body, n)
 
     cdef void _close_c(self, Slot* s, uint64_t cid, int code, bytes reason, int counter,
@@ -773,10 +815,21 @@ cdef class Engine:
         if s.state != SLOT_OPEN or (s.flags & SF_CLOSE_SENT):
             return
         self.counters[counter] += 1
+        self._note_end(s, counter, code)
         if self._close_frame_reason(s, cid, code, reason) < 0:
             return
         s.state = SLOT_CLOSING
         s.ping_sent = now
+
+    cdef inline void _note_end(self, Slot* s, int reason, int detail) noexcept:
+        """Record why `s` is ending, for on_event. The first abnormal reason wins (a
+        handler error stays the cause when the close then times out); a normal one
+        (idle, peer, by_server) only fills an empty record and gives way to an
+        abnormal one that follows (an idle close the peer never answers: close timeout)."""
+        if s.end_reason == 0 or (not ((_ABNORMAL >> s.end_reason) & 1)
+                                 and ((_ABNORMAL >> reason) & 1)):
+            s.end_reason = <uint8_t>reason
+            s.end_detail = <uint16_t>detail
 
     cdef void _drop(self, Slot* s, uint64_t cid, int code, int counter) noexcept:
         """End the connection now: free its slot and blocks, release the socket, tell Python."""
@@ -784,8 +837,29 @@ cdef class Engine:
         cdef bint client = s.flags & SF_CLIENT
         cdef bint was_open = client or s.state == SLOT_OPEN or (
             s.state == SLOT_CLOSING and not (s.flags & SF_LINGER))
+        cdef int reason
+        cdef uint8_t a16[16]
+        cdef uint16_t port = s.port
+        cdef int ecode = code
+        cdef int error = 0
         if counter >= 0:
             self.counters[counter] += 1
+            # EOF ends every HTTP exchange and every close: a cause only on an open
+            # WebSocket. A refused socket's close timeout is the end of its linger.
+            if not ((counter == C_CLOSED_EOF and s.state != SLOT_OPEN)
+                    or (counter == C_CLOSED_CLOSE_TIMEOUT and s.flags & SF_LINGER)):
+                self._note_end(s, counter, 0)
+        reason = s.end_reason
+        if reason and self.on_event is not None and (self.event_mask >> reason) & 1:
+            memcpy(a16, s.addr, 16)  # the slot is freed before Python hears of it
+            if not was_open:
+                ecode = s.end_detail  # the status of a refusal the core wrote; else 0
+            elif reason == C_CLOSED_PROTOCOL or reason == C_CLOSED_TOO_BIG or reason == C_CLOSED_NOMEM:
+                error = s.end_detail  # E_*: which frame rule failed
+            elif s.end_detail:
+                ecode = s.end_detail  # the code of the close we started (_close_c)
+        else:
+            reason = 0
         if client:
             self.n_clients -= 1
             if s.state == SLOT_CONNECTING or s.state == SLOT_HANDSHAKE:
@@ -797,6 +871,8 @@ cdef class Engine:
         self.inflight_total -= s.inflight
         self.table.remove_c(cid)
         self._release_fd(fd)
+        if reason:
+            self._event(reason, ecode, error, a16, port)
         if was_open:
             if self.on_close is not None:
                 try:
@@ -808,6 +884,15 @@ cdef class Engine:
                 self.on_http_close(cid)
             except BaseException:
                 _log_exception("on_http_close")
+
+    cdef void _event(self, int reason, int code, int error, const uint8_t* a16,
+                     uint16_t port) noexcept:
+        """Report a rare connection event to on_event (see the class docstring)."""
+        try:
+            self.on_event(reason, code, _REASONS[error] if 0 < error < len(_REASONS) else "",
+                          addr_text(a16), port)
+        except BaseException:
+            _log_exception("on_event")
 
     # --- output ----------------------------------------------------------------------
 
@@ -884,6 +969,7 @@ cdef class Engine:
             return -1
         if n and self._queue(s, cid, payload, n, key, 0) < 0:
             return -1
+        self.counters[C_FRAMES_OUT] += 1
         return 0
 
     cdef int _send_frame(self, Slot* s, uint64_t cid, int op, object data) except -2:
@@ -1033,6 +1119,7 @@ cdef class Engine:
                     skipped.append(cid)
                     continue
                 self.counters[C_MESSAGES_OUT] += 1
+                self.counters[C_FRAMES_OUT] += 1
         finally:
             PyBuffer_Release(&buf)
         return skipped
@@ -1257,7 +1344,14 @@ cdef class Engine:
                 if s.state == SLOT_HANDSHAKE or s.state == SLOT_UPGRADING or \
                         s.state == SLOT_CONNECTING or s.state == SLOT_HTTP_BODY:
                     if handshake_timeout_ms and elapsed(t, s.ping_sent, handshake_timeout_ms):
-                        self._drop(s, cid, 1006, C_HANDSHAKE_TIMEOUT)
+                        if s.flags & SF_KEEP_ALIVE and s.state == SLOT_HANDSHAKE and s.in_len == 0:
+                            # A kept-alive HTTP connection idle between requests: reaped
+                            # like an idle WebSocket, not a failed handshake (for on_event).
+                            self.counters[C_HANDSHAKE_TIMEOUT] += 1
+                            self._note_end(s, C_CLOSED_IDLE, 0)
+                            self._drop(s, cid, 1006, -1)
+                        else:
+                            self._drop(s, cid, 1006, C_HANDSHAKE_TIMEOUT)
                 elif s.state == SLOT_CLOSING:
                     if elapsed(t, s.ping_sent, close_timeout_ms):
                         self._drop(s, cid, 1006, C_CLOSED_CLOSE_TIMEOUT)
@@ -1309,6 +1403,29 @@ cdef class Engine:
 
     def counters_dict(self):
         return {COUNTER_NAMES[i]: self.counters[i] for i in range(C_N)}
+
+    def state_counts(self):
+        """Connections per slot state, server and client role alike: one pass over the
+        slots ever used (O(table.high), no allocation per slot; for stats, not per message)."""
+        cdef uint32_t n[8]
+        cdef uint32_t i
+        cdef uint8_t st
+        memset(n, 0, sizeof(n))
+        for i in range(self.table.high):
+            st = self.table.slots[i].state
+            if st < 8:
+                n[st] += 1
+        return {"handshake": n[SLOT_HANDSHAKE], "upgrading": n[SLOT_UPGRADING],
+                "open": n[SLOT_OPEN], "closing": n[SLOT_CLOSING],
+                "connecting": n[SLOT_CONNECTING], "http_body": n[SLOT_HTTP_BODY],
+                "http_wait": n[SLOT_HTTP_WAIT]}
+
+    def memory(self):
+        """Bytes of the engine's C arrays: the table's (ConnTable.memory()) and the
+        flush list (one uint32 per slot of capacity)."""
+        m = self.table.memory()
+        m["flush_list_bytes"] = <uint64_t>self.table.capacity * sizeof(uint32_t)
+        return m
 
     def __len__(self):
         return self.table.count

@@ -179,8 +179,10 @@ cdef int _check_close(FrameState* st, BufferPool pool, const uint8_t* p, size_t 
 
 
 cdef object parse_next(FrameState* st, BufferPool pool, const ParserConfig* cfg,
-                       const uint8_t* data, size_t n, size_t* pos_p, int* op_p):
-    """Parse data[pos_p[0]:n] until one event completes.
+                       const uint8_t* data, size_t n, size_t* pos_p, int* op_p,
+                       uint64_t* frames):
+    """Parse data[pos_p[0]:n] until one event completes; frames[0] is incremented for
+    every frame header read and accepted (data, continuation and control frames).
 
     Returns the event's payload (bytes) with op_p[0] set to its opcode; or None with
     op_p[0] == 0 once every byte is consumed; or None with op_p[0] == -1 on a protocol
@@ -229,6 +231,7 @@ cdef object parse_next(FrameState* st, BufferPool pool, const ParserConfig* cfg,
             if _read_header(st, pool, cfg, h) < 0:
                 op_p[0] = -1
                 break
+            frames[0] += 1
             avail = n - pos
             # Fast paths: the whole payload is here and nothing is buffered. One copy,
             # straight from the caller's buffer into the bytes object handed out.
@@ -390,7 +393,8 @@ cdef class FrameParser:
         try:
             while True:
                 payload = parse_next(&self.st, self.pool, &self.cfg,
-                                     <const uint8_t*>buf.buf, <size_t>buf.len, &pos, &op)
+                                     <const uint8_t*>buf.buf, <size_t>buf.len, &pos, &op,
+                                     &self.frames)
                 if op > 0:
                     events.append((op, payload))
                     continue

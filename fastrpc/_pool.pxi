@@ -10,6 +10,30 @@ cdef enum:
     BLOCK_FREE = 0
     BLOCK_USED = 1
 
+cdef extern from "sys/mman.h" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_PRIVATE
+        MAP_ANONYMOUS
+    void* MAP_FAILED
+
+
+# Arenas are mapped, not malloc'd: trim() gives their pages back to the kernel at once,
+# so bytes_reserved is what the pool holds of the process's RSS. (From malloc, a freed
+# arena may stay in the heap: glibc raises its mmap threshold after the first free of
+# a large chunk and serves later arenas from the heap, whose top it keeps.)
+cdef inline char* _map_arena(PoolClass* c) noexcept:
+    cdef void* mem = mmap(NULL, c.arena_bytes + c.blocks_per_arena, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return NULL if mem == MAP_FAILED else <char*>mem
+
+
+cdef inline void _unmap_arena(PoolClass* c, char* mem) noexcept:
+    munmap(mem, c.arena_bytes + c.blocks_per_arena)
+
 DEFAULT_SIZE_CLASSES = (1024, 8192, 65536, 1048576)
 DEFAULT_POOL_LIMIT = 64 * 1024 * 1024
 DEFAULT_ARENA_SIZE = 256 * 1024
@@ -79,7 +103,8 @@ cdef class BufferPool:
         for i in range(self.n_classes):
             if self.classes[i].arenas != NULL:
                 for a in range(self.classes[i].n_arenas):
-                    free(self.classes[i].arenas[a])
+                    if self.classes[i].arenas[a] != NULL:
+                        _unmap_arena(&self.classes[i], self.classes[i].arenas[a])
                 free(self.classes[i].arenas)
             free(self.classes[i].arena_used)
 
@@ -87,7 +112,7 @@ cdef class BufferPool:
 
     cdef int _reserve_arena(self, int cls) noexcept:
         """Reserve one arena for class `cls` and thread its blocks on the free list.
-        Returns 0, or -1 when the ceiling (or malloc) says no."""
+        Returns 0, or -1 when the ceiling (or mmap) says no."""
         cdef PoolClass* c = &self.classes[cls]
         cdef uint32_t a, b, h
         cdef char* mem
@@ -107,10 +132,10 @@ cdef class BufferPool:
             if c.n_arenas >= c.max_arenas:
                 return -1
             c.n_arenas += 1
-        mem = <char*>malloc(c.arena_bytes + c.blocks_per_arena)
+        mem = _map_arena(c)
         if mem == NULL:
             return -1
-        memset(mem + c.arena_bytes, BLOCK_FREE, c.blocks_per_arena)
+        # (the state bytes are BLOCK_FREE already: a new mapping is zero-filled)
         c.arenas[a] = mem
         c.arena_used[a] = 0
         c.reserved += c.arena_bytes
@@ -260,7 +285,7 @@ cdef class BufferPool:
             c = &self.classes[cls]
             for a in range(c.n_arenas):
                 if c.arenas[a] != NULL and c.arena_used[a] == 0:
-                    free(c.arenas[a])
+                    _unmap_arena(c, c.arenas[a])
                     c.arenas[a] = NULL
                     c.reserved -= c.arena_bytes
                     freed += c.arena_bytes
@@ -292,6 +317,24 @@ cdef class BufferPool:
             "limit": self.limit,
             "size_classes": self.size_classes,
             "blocks_in_use": tuple(self.classes[i].in_use for i in range(self.n_classes)),
+            "classes": [self._class_stats(i) for i in range(self.n_classes)],
+        }
+
+    cdef dict _class_stats(self, int i):
+        cdef PoolClass* c = &self.classes[i]
+        cdef uint32_t a, arenas = 0
+        for a in range(c.n_arenas):
+            if c.arenas[a] != NULL:
+                arenas += 1
+        return {
+            "block_size": c.block_size,
+            "blocks_total": arenas * c.blocks_per_arena,
+            "blocks_in_use": c.in_use,
+            "arenas": arenas,
+            "bytes_reserved": c.reserved,
+            # Besides the blocks: one state byte per block after each arena, and the
+            # class's arena pointer and use-count arrays (max_arenas * 10 bytes).
+            "overhead_bytes": arenas * c.blocks_per_arena + c.max_arenas * (sizeof(char*) + sizeof(uint16_t)),
         }
 
     def __repr__(self):

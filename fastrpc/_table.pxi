@@ -275,6 +275,19 @@ cdef class ConnTable:
     def ips(self):
         return self.n_ips
 
+    def memory(self):
+        """Bytes of the table's two C arrays (see _core.pyi)."""
+        return {
+            "slot_size": sizeof(Slot),
+            "capacity": self.capacity,
+            "slots_bytes": <uint64_t>self.capacity * sizeof(Slot),
+            "slots_used_bytes": <uint64_t>self.high * sizeof(Slot),
+            "slots_in_use_bytes": <uint64_t>self.count * sizeof(Slot),
+            "ip_entries": self.ips_mask + 1,
+            "ip_table_bytes": <uint64_t>(self.ips_mask + 1) * sizeof(IPEntry),
+            "ips": self.n_ips,
+        }
+
     def touch(self, cid, now=None, *, bint message=True):
         cdef Slot* s = self._slot(cid)
         cdef uint32_t t = monotonic_ms_c() if now is None else <uint32_t>now

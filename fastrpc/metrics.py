@@ -128,6 +128,10 @@ def snapshot(server: Server) -> Samples:
     put("fastrpc_read_pauses_total", c["read_pauses"])
     put("fastrpc_write_waits_total", c["write_waits"])
 
+    logged = server.connlog.metrics()
+    put("fastrpc_log_lines_total", logged["log_lines"])
+    put("fastrpc_log_lines_suppressed_total", logged["log_suppressed"])
+
     lag = server.loop_lag
     out["fastrpc_event_loop_lag_seconds"].append(((), LOOP_LAG_BUCKETS, list(lag.buckets), lag.sum))
     return out

@@ -156,6 +156,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("fastrpc_read_pauses_total", COUNTER,
            "Times a connection's reading paused (requests in flight or output pending)."),
     Metric("fastrpc_write_waits_total", COUNTER, "Writes that would block: waited for the socket."),
+    # --- the connection log (fastrpc.connlog) --------------------------------------
+    Metric("fastrpc_log_lines_total", COUNTER,
+           "Connection log lines written (refused or abnormally ended connections)."),
+    Metric("fastrpc_log_lines_suppressed_total", COUNTER,
+           "Connection log lines dropped by the log's rate limit."),
     # --- the event loop -----------------------------------------------------------
     Metric("fastrpc_event_loop_lag_seconds", HISTOGRAM,
            "How late the server's periodic sweep woke up: time the loop spent on other work."),

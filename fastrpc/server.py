@@ -47,6 +47,7 @@ from typing import Any, Callable, Protocol
 
 from . import _core
 from .agent import agent_line, start_agent
+from .connlog import DEFAULT_BURST, DEFAULT_RATE, ConnectionLog
 from .dispatch import Dispatcher
 from .service import Registry
 from .handshake import (
@@ -97,8 +98,15 @@ def _close_ms(seconds: float | None) -> int:
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """The process's resident set: /proc/self/statm (resident pages × page size), or
+    psutil where /proc is not mounted."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil  # the test extra has it; a Linux host without /proc has bigger problems
+
+        return int(psutil.Process().memory_info().rss)
 
 
 class Server:
@@ -130,6 +138,9 @@ class Server:
     ``metrics_registry``: serve this ``prometheus_client`` registry on that path, with
     fastrpc's collector registered into it (default: a registry of fastrpc's figures and
     the process collectors).
+    ``log_rate`` / ``log_burst``: the connection log's budget (``fastrpc.connlog``: one
+    line per refused or abnormally ended connection on the ``fastrpc.connections``
+    logger), lines per second and lines at once; ``log_rate=0`` turns it off.
     """
 
     def __init__(
@@ -149,8 +160,11 @@ class Server:
         agent_max_inflight: int | None = None,
         metrics: str | None = DEFAULT_METRICS_PATH,
         metrics_registry: Any = None,
+        log_rate: float = DEFAULT_RATE,
+        log_burst: int = DEFAULT_BURST,
     ) -> None:
         self.limits = limits = limits or Limits()
+        self.connlog = ConnectionLog(log_rate, log_burst)
         self.pool = _core.BufferPool(limits.pool_size_classes, limit=limits.memory_limit)
         self.reactor = _core.Reactor(
             self.pool,
@@ -211,6 +225,8 @@ class Server:
         r.on_handshake = self._on_handshake
         r.on_close = self._on_close
         r.on_accept_paused = self._on_accept_paused
+        if self.connlog.enabled:
+            r.on_event = self.connlog.on_event  # rare ends only: never per message
         self.dispatcher: Any = None
         self.registry: Any = None
         self._http: HttpRpc | None = None
@@ -326,6 +342,8 @@ class Server:
             log.info("%s not served: install prometheus_client (pip install 'fastrpc[metrics]')",
                      self._policy.metrics_path)
         self._loop = loop
+        # Normal ends (idle, clean closes) reach Python only when they would be logged.
+        self.reactor.event_mask = self.connlog.event_mask()
         self.reactor.attach(loop)
         self._reaper = loop.create_task(self._reap(), name="fastrpc-reaper")
         for fwd in self.forwarders:
@@ -424,6 +442,7 @@ class Server:
                 await http.aclose()
             self.registry.close()
         self.pool.trim()
+        self.connlog.flush(force=True)
         self._started = False
 
     async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:
@@ -472,6 +491,7 @@ class Server:
             lag.observe(loop.time() - t0 - tick)
             try:
                 self.reactor.sweep(*args)
+                self.connlog.flush()
                 n += 1
                 if n % max(1, int(1 / tick)) == 0:  # about once a second
                     if page is not None and page.mirror is not None:
@@ -578,6 +598,8 @@ class Server:
         d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid),
                            admit_http=self._admit_http, on_headers=self._forwarded(cid, ip, port),
                            metrics=page.render if page is not None else None)
+        if d.status >= 400 and d.reason:  # an error answer (health answers have no reason)
+            self.connlog.refused(d.status, d.reason, *self.reactor.peer(cid))  # the real client
         if d.upgrade and self._proxy_peer:
             self._proxy_peer.pop(cid, None)
         if d.rpc:
@@ -675,6 +697,7 @@ class Server:
             m[f"refused_{k}"] = v
         if self._http is not None:
             m.update(self._http.metrics())
+        m.update(self.connlog.metrics())
         p = self.pool.stats()
         m.update(
             connections=self.reactor.n_open,
@@ -687,3 +710,82 @@ class Server:
             memory_bytes=self.memory_in_use(),
         )
         return m
+
+    def stats(self) -> dict[str, Any]:
+        """Everything ``metrics()`` has and where the memory is, as plain Python objects
+        (nested dicts and lists of ints, floats, bools and strings: JSON as it is).
+
+        * ``connections``: ``open`` (upgraded), ``pending_handshakes`` (sockets in the
+          HTTP phase), ``requests_in_flight``, the two caps, and ``by_state`` (slots
+          per state: handshake, upgrading, open, closing, http_body, http_wait, ...;
+          one pass over the slots ever used).
+        * ``pool``: the buffer pool: ``limit``, ``bytes_reserved`` (arenas mapped
+          now), ``bytes_in_use`` (blocks lent now, at their block size),
+          ``high_water`` (most ever lent), ``failed_acquires``, and per size class
+          ``block_size``, ``blocks_total`` (in arenas reserved now), ``blocks_in_use``,
+          ``arenas``, ``bytes_reserved``, ``overhead_bytes`` (a state byte per block,
+          the arena index arrays).
+        * ``table``: the connection table's C arrays: ``slot_size`` (72), ``capacity``
+          (max_connections + max_pending_handshakes), ``slots_bytes`` (capacity ×
+          slot_size, calloc'd: a page costs RSS only once a slot on it was used),
+          ``slots_used_bytes`` (slots ever used × slot_size: what of it can be
+          resident), ``slots_in_use_bytes``, ``ip_entries`` / ``ip_table_bytes`` (the
+          per-IP count table, calloc'd alike), ``ips`` (addresses with a connection),
+          ``flush_list_bytes`` (4 bytes per slot of capacity, malloc'd; only the
+          entries of a batch's busiest moment are ever touched), ``scratch_bytes`` (the
+          256 KiB read buffer all connections share).
+        * ``memory``: ``accounted`` (pool bytes in use + slots in use × slot_size: the
+          figure ``memory_limit`` and the soft limit are compared with, and /health's
+          ``memory_bytes``), ``limit``, ``soft_limit``, ``over_soft_limit`` (accounted
+          over ``soft_limit``, or RSS over ``rss_limit``: new upgrades get 503),
+          ``pool_reserved`` (arena bytes mapped, in use or not), ``core_bytes``
+          (everything the compiled core has allocated: pool arenas and their overhead,
+          slot array, per-IP table, flush list, scratch buffer; address space, of
+          which only touched pages are resident), ``rss`` (the process's resident set,
+          from /proc/self/statm, or psutil) and ``rss_limit``.
+        * ``metrics``: ``metrics()``.
+
+        Not in ``accounted`` (nor anywhere but ``rss``): the interpreter, the event
+        loop and every Python object (handlers, subscriptions, tasks of async calls,
+        kept headers), the malloc heap around the core's allocations, and the
+        reserved-but-unlent part of the pool. Not in ``rss`` either: kernel memory,
+        i.e. socket buffers, the epoll set and the file table of every connection.
+        """
+        r = self.reactor
+        lim = self.limits
+        pool = self.pool.stats()
+        table = r.memory()
+        accounted = self.memory_in_use()
+        core = (pool["bytes_reserved"] + sum(c["overhead_bytes"] for c in pool["classes"])
+                + table["slots_bytes"] + table["ip_table_bytes"] + table["flush_list_bytes"]
+                + table["scratch_bytes"])
+        return {
+            "connections": {
+                "open": r.n_open,
+                "pending_handshakes": r.n_pending,
+                "requests_in_flight": r.inflight_total,
+                "max_connections": lim.max_connections,
+                "max_pending_handshakes": lim.max_pending_handshakes,
+                "by_state": r.state_counts(),
+            },
+            "pool": {
+                "limit": pool["limit"],
+                "bytes_reserved": pool["bytes_reserved"],
+                "bytes_in_use": pool["bytes_in_use"],
+                "high_water": pool["high_water"],
+                "failed_acquires": pool["failed_acquires"],
+                "classes": pool["classes"],
+            },
+            "table": table,
+            "memory": {
+                "accounted": accounted,
+                "limit": lim.memory_limit,
+                "soft_limit": int(lim.memory_limit * lim.memory_soft_ratio),
+                "over_soft_limit": self._over_soft_limit(),
+                "pool_reserved": pool["bytes_reserved"],
+                "core_bytes": core,
+                "rss": _rss_bytes(),
+                "rss_limit": lim.rss_limit,
+            },
+            "metrics": self.metrics(),
+        }

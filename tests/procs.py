@@ -1,5 +1,6 @@
 """A subprocess for tests: its output lines collected by a thread, matched with bounded
-waits, and the process stopped for sure (SIGTERM, then SIGKILL) at teardown."""
+waits, commands written to its stdin (``stdin=True``), and the process stopped for sure
+(SIGTERM, then SIGKILL) at teardown."""
 from __future__ import annotations
 
 import queue
@@ -16,10 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class Proc:
     """A subprocess whose output lines are collected by a thread (stdout and stderr)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
+                 stdin: bool = False) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+                                     stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.pump = threading.Thread(target=self._pump, daemon=True)
@@ -47,6 +50,12 @@ class Proc:
             if m:
                 return m
 
+    def send(self, line: str) -> None:
+        """Write one command line to the process (made with ``stdin=True``)."""
+        assert self.proc.stdin is not None, "made without stdin=True"
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def output(self) -> str:
         while not self.lines.empty():
             self.seen.append(self.lines.get_nowait())
@@ -66,3 +75,8 @@ class Proc:
         self.pump.join(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass

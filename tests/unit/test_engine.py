@@ -182,6 +182,8 @@ class Peer:
     ``on_response`` accepts a 101 carrying the accept key of ``WS_KEY``. ``reply``:
     what on_text / on_binary return (None: no reply). ``hooks``: payload -> callable(cid)
     run from the message handler before it records the message (to close, abort, etc.).
+    ``on_event`` is recorded too, apart, in ``conn_events`` as ``(reason name, code,
+    detail, ip, port)``: every test runs the event path.
     """
 
     def __init__(self, *, client: bool = False, pool: BufferPool | None = None,
@@ -192,6 +194,7 @@ class Peer:
         self.engine = Engine(self.pool, 0 if client else max_open, 0 if client else max_pending,
                              max_per_ip, max_clients=max_clients if client else 0, **limits)
         self.events: list[tuple] = []
+        self.conn_events: list[tuple] = []
         self.http = None
         self.body = None
         self.accept = None
@@ -204,6 +207,10 @@ class Peer:
         e.on_text = functools.partial(self._on_message, "text")
         e.on_binary = functools.partial(self._on_message, "binary")
         e.on_close = self._on_close
+        e.on_event = self._on_event
+
+    def _on_event(self, reason, code, detail, ip, port):
+        self.conn_events.append((_core.COUNTER_NAMES[reason], code, detail, ip, port))
 
     def _on_handshake(self, cid, head, ip, port):
         self.events.append(("handshake", cid, head))
@@ -2078,9 +2085,9 @@ class _Slot(ctypes.Structure):
     """``Slot`` of fastrpc/_core.pxd, field for field."""
 
     _fields_ = [("fd", ctypes.c_int32), ("gen", ctypes.c_uint32), ("port", ctypes.c_uint16),
-                ("state", ctypes.c_uint8), ("pad0", ctypes.c_uint8), ("flags", ctypes.c_uint16),
+                ("state", ctypes.c_uint8), ("end_reason", ctypes.c_uint8), ("flags", ctypes.c_uint16),
                 ("inflight", ctypes.c_uint16), ("close_code", ctypes.c_uint16),
-                ("pad1", ctypes.c_uint16), ("addr", ctypes.c_uint8 * 16),
+                ("end_detail", ctypes.c_uint16), ("addr", ctypes.c_uint8 * 16),
                 ("last_message", ctypes.c_uint32), ("last_receive", ctypes.c_uint32),
                 ("ping_sent", ctypes.c_uint32), ("in_block", ctypes.c_uint32),
                 ("in_len", ctypes.c_uint32), ("out_head", ctypes.c_uint32),
@@ -2270,3 +2277,348 @@ class TestSetPeer:
         assert not p.engine.set_peer(cid, "203.0.113.1")
         with pytest.raises(ValueError):
             p.engine.set_peer(p.engine.open_connection(), "not an address")
+
+
+# --- counters of frames, and the connection events (on_event) -----------------------------
+
+NAMES = _core.COUNTER_NAMES
+
+
+def reason_of(name: str) -> int:
+    return NAMES.index(name)
+
+
+class TestFrameCounters:
+    """frames_in: every frame header read and accepted (data, continuation, control);
+    frames_out: every frame encoded into an out chain or sent at once (control frames,
+    the close frame included). messages_in / messages_out count whole messages only."""
+
+    def test_in_memory_exchange_matches_the_wire(self, peer):
+        """Fragmented messages, a ping and its pong, the closing handshake: each side's
+        counters equal the frames on the wire (split back by the test's own parser)."""
+        link = Link(peer(), peer(client=True))
+        link.s.reply = echo
+        rng = random.Random(7)
+        by_hand = 0
+        for i in range(20):  # fragmented: written by hand (the client engine sends whole messages)
+            parts = rng.randint(1, 4)
+            wire = b"".join(masked(OP_TEXT if k == 0 else OP_CONTINUATION, text(10, i + k),
+                                   fin=k == parts - 1) for k in range(parts))
+            by_hand += parts
+            link.c2s += wire
+            link.s.engine.receive_data(link.scid, wire)
+            link.pump()
+        for i in range(5):
+            link.c.engine.send(link.ccid, b"whole %d" % i)
+        link.pump()
+        link.s.engine.table.touch(link.scid, 0, message=False)
+        link.s.engine.sweep(ping_interval_ms=1, now=5)
+        link.pump()
+        assert link.s.engine.close(link.scid, 1000)
+        link.pump()
+        client_wire, server_wire = link.client_frames(), link.server_frames()
+        assert [f.opcode for f in server_wire].count(OP_PING) == 1
+        assert [f.opcode for f in client_wire].count(OP_PONG) == 1
+        assert [f.opcode for f in client_wire][-1] == [f.opcode for f in server_wire][-1] == OP_CLOSE
+        assert link.s.counter("frames_in") == len(client_wire)
+        assert link.s.counter("frames_out") == len(server_wire) == 25 + 2  # echoes, ping, close
+        assert link.c.counter("frames_in") == len(server_wire)
+        assert link.c.counter("frames_out") == len(client_wire) - by_hand == 5 + 2  # texts, pong, close
+        assert link.s.counter("messages_in") == 25 and link.s.counter("frames_in") == by_hand + 7
+
+    def test_control_frames_count_without_messages(self, peer):
+        p = peer()
+        cid = upgrade(p)
+        p.engine.receive_data(cid, masked(OP_PING, b"a") + masked(OP_PONG, b"b") + masked(OP_PING))
+        assert [f.opcode for f in wire_frames(p.engine.data_to_send(cid))] == [OP_PONG, OP_PONG]
+        assert (p.counter("frames_in"), p.counter("frames_out")) == (3, 2)
+        assert (p.counter("messages_in"), p.counter("messages_out")) == (0, 0)
+
+    def test_a_frame_split_at_every_byte_counts_once(self, peer):
+        p = peer()
+        cid = upgrade(p)
+        wire = masked(OP_TEXT, text(300), fin=False) + masked(OP_CONTINUATION, text(70000))
+        for i in range(len(wire)):
+            p.engine.receive_data(cid, wire[i:i + 1])
+        assert p.counter("frames_in") == 2 and p.counter("messages_in") == 1
+
+    def test_a_refused_header_is_not_counted_but_the_close_sent_is(self, peer):
+        p = peer()
+        cid = upgrade(p)
+        p.engine.receive_data(cid, masked(OP_TEXT, b"ok") + ref_encode(OP_TEXT, b"x", rsv=4, mask_key=KEYS[0]))
+        out = wire_frames(p.engine.data_to_send(cid))
+        assert [f.opcode for f in out] == [OP_CLOSE]
+        assert (p.counter("frames_in"), p.counter("frames_out")) == (1, 1)
+
+    def test_send_many_counts_one_frame_per_recipient(self, peer):
+        p = peer()
+        cids = [upgrade(p, port=40000 + i) for i in range(3)]
+        assert p.engine.send_many(cids + [12345], b"fan out", 1 << 20) == [12345]
+        assert p.counter("frames_out") == 3 and p.counter("messages_out") == 3
+
+    def test_frame_parser_counts_its_frames(self):
+        fp = _core.FrameParser(BufferPool())
+        assert fp.frames == 0
+        fp.feed(masked(OP_TEXT, b"a", fin=False) + masked(OP_PING) + masked(OP_CONTINUATION, b"b")[:6])
+        assert fp.frames == 3  # the third's header is complete, its payload is not
+        fp.feed(masked(OP_CONTINUATION, b"b")[6:])
+        assert fp.frames == 3
+
+
+class TestConnectionEvents:
+    """on_event(reason, code, detail, ip, port): once per connection that ends for a
+    reason in event_mask (abnormal ones by default), after its slot is freed, with the
+    peer it had; and for a socket closed at accept (Reactor, tests/integration)."""
+
+    IP, PORT = "198.51.100.7", 4321
+
+    def open(self, p: Peer) -> int:
+        return p.engine.open_connection(self.IP, self.PORT)
+
+    def up(self, p: Peer) -> int:
+        return upgrade(p, self.IP, self.PORT)
+
+    def ev(self, name: str, code: int, detail: str = "") -> tuple:
+        return (name, code, detail, self.IP, self.PORT)
+
+    def test_default_mask_is_the_abnormal_set(self, peer):
+        p = peer()
+        assert p.engine.event_mask == _core.EVENTS_ABNORMAL
+        assert _core.EVENTS_ABNORMAL & _core.EVENTS_NORMAL == 0
+        abnormal = {n for i, n in enumerate(NAMES) if _core.EVENTS_ABNORMAL >> i & 1}
+        assert abnormal == {"refused_http", "handshake_too_large", "handshake_timeout",
+                            "pending_overflow", "closed_eof", "closed_protocol", "closed_too_big",
+                            "closed_nomem", "closed_pong_timeout", "closed_slow_reader",
+                            "closed_close_timeout", "closed_handler_error"}
+        normal = {n for i, n in enumerate(NAMES) if _core.EVENTS_NORMAL >> i & 1}
+        assert normal == {"closed_peer", "closed_idle", "closed_by_server"}
+
+    def test_request_line_refused_400(self, peer):
+        p = peer()
+        cid = self.open(p)
+        p.engine.receive_data(cid, b"\x16\x03\x01\x02\x00")
+        assert p.engine.data_to_send(cid).startswith(b"HTTP/1.1 400 ")
+        assert cid not in p.engine
+        assert p.conn_events == [self.ev("refused_http", 400)]
+
+    def test_head_too_large_431(self, peer):
+        p = peer(max_handshake_size=1024)
+        cid = self.open(p)
+        p.engine.receive_data(cid, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200)
+        assert p.engine.data_to_send(cid).startswith(b"HTTP/1.1 431 ")
+        assert p.conn_events == [self.ev("handshake_too_large", 431)]
+
+    def test_on_handshake_raising_is_500(self, peer):
+        p = peer()
+
+        def boom(cid, head):
+            raise RuntimeError("bug")
+
+        p.http = boom
+        cid = self.open(p)
+        p.engine.receive_data(cid, request("/"))
+        assert p.engine.data_to_send(cid).startswith(b"HTTP/1.1 500 ")
+        assert p.conn_events == [self.ev("refused_http", 500)]
+
+    def test_upgrade_past_max_open_is_503(self, peer):
+        """Python admitted it, but the core's own check refuses (a lost race)."""
+        p = peer(max_open=1)
+        self.up(p)
+        cid = self.open(p)
+        p.engine.receive_data(cid, UPGRADE_REQUEST)
+        assert p.engine.data_to_send(cid).startswith(b"HTTP/1.1 503 ")
+        assert p.conn_events == [self.ev("refused_http", 503)]
+
+    def test_python_decided_refusals_are_not_reported_by_the_core(self, peer):
+        """Python logs the answers it decides itself (with its reason): the core stays
+        silent, also when the refused peer never closes (the linger's close timeout)."""
+        p = peer()
+        p.http = lambda cid, head: (http_response(429, keep_alive=False), HTTP_CLOSE)
+        a, b = self.open(p), self.open(p)
+        for cid in (a, b):
+            p.engine.receive_data(cid, request("/"))
+        p.engine.data_to_send(a)
+        p.engine.sweep(close_timeout_ms=1, now=(monotonic_ms() + LONG) % WRAP)
+        assert a not in p.engine and b not in p.engine
+        assert p.counter("closed_close_timeout") == 1
+        assert p.conn_events == []
+
+    def test_handshake_timeout(self, peer):
+        p = peer()
+        cid = self.open(p)
+        p.engine.receive_data(cid, UPGRADE_REQUEST[:20])
+        p.engine.sweep(handshake_timeout_ms=1, now=(monotonic_ms() + LONG) % WRAP)
+        assert cid not in p.engine
+        assert p.conn_events == [self.ev("handshake_timeout", 0)]
+
+    def test_keep_alive_wait_timeout_is_idle_reaping(self, peer):
+        """Counted as handshake_timeout (as ever), reported as closed_idle: normal."""
+        p = peer()
+        a = http_keep_alive(p)
+        p.engine.sweep(handshake_timeout_ms=1, now=(monotonic_ms() + LONG) % WRAP)
+        assert a not in p.engine and p.counter("handshake_timeout") == 1
+        assert p.conn_events == []
+        p.engine.event_mask = _core.EVENTS_ABNORMAL | _core.EVENTS_NORMAL
+        b = http_keep_alive(p)
+        p.engine.receive_data(b, b"GET /next")  # half of the next request: a slow client
+        c = http_keep_alive(p)
+        p.engine.sweep(handshake_timeout_ms=1, now=(monotonic_ms() + LONG) % WRAP)
+        assert b not in p.engine and c not in p.engine
+        assert sorted(e[0] for e in p.conn_events) == ["closed_idle", "handshake_timeout"]
+
+    def test_http_phase_eof_is_not_an_event(self, peer):
+        p = peer()
+        p.engine.receive_eof(self.open(p))
+        p.engine.receive_eof(http_keep_alive(p))
+        assert p.counter("closed_eof") == 2 and p.conn_events == []
+
+    @pytest.mark.parametrize("wire, name, code, detail", [
+        (unmasked(OP_TEXT, b"x"), "closed_protocol", 1002, "frame not masked"),
+        (masked(OP_TEXT, b"\xff"), "closed_protocol", 1007, "invalid UTF-8"),
+        (masked(OP_CONTINUATION, b"x"), "closed_protocol", 1002, "unexpected continuation frame"),
+        (masked(OP_BINARY, b"x" * 2000), "closed_too_big", 1009, "message too big"),
+    ])
+    def test_frame_errors(self, peer, wire, name, code, detail):
+        p = peer(max_message_size=1024)
+        cid = self.up(p)
+        p.engine.receive_data(cid, wire)
+        assert close_of(p.engine.data_to_send(cid))[0] == code
+        assert cid not in p.engine
+        assert p.conn_events == [self.ev(name, code, detail)]
+        assert p.of("close") == [(cid, code)]
+
+    def test_too_many_fragments(self, peer):
+        p = peer(max_fragments=2)
+        cid = self.up(p)
+        p.engine.receive_data(cid, b"".join(masked(OP_TEXT if i == 0 else OP_CONTINUATION, b"x", fin=False)
+                                            for i in range(3)))
+        p.engine.data_to_send(cid)
+        assert p.conn_events == [self.ev("closed_too_big", 1009, "too many fragments")]
+
+    def test_pool_ceiling_1013(self, peer):
+        p = peer(pool=BufferPool(size_classes=(1024, 64 * KiB), limit=128 * KiB,
+                                 arena_size=64 * KiB), max_message_size=64 * KiB)
+        holders = [self.up(p) for _ in range(3)]
+        partial = masked(OP_BINARY, b"m" * 60000)[:2000]
+        for cid in holders:
+            p.engine.receive_data(cid, partial)
+        # The first borrows the pool's one 64 KiB block; the others find it at its ceiling.
+        assert p.engine.state(holders[0]) == OPEN
+        for cid in holders[1:]:
+            assert close_of(p.engine.data_to_send(cid))[0] == 1013
+            assert cid not in p.engine
+        assert p.conn_events == [self.ev("closed_nomem", 1013, "server out of buffer memory")] * 2
+
+    def test_eof_on_an_open_websocket(self, peer):
+        p = peer()
+        cid = self.up(p)
+        p.engine.receive_eof(cid)
+        assert p.conn_events == [self.ev("closed_eof", 1006)]
+
+    def test_pong_timeout_and_slow_reader(self, peer):
+        p = peer(max_pending_output=200)
+        a = self.up(p)
+        p.engine.table.mark_ping_sent(a, 0)
+        p.engine.sweep(pong_timeout_ms=1, now=1)
+        b = self.up(p)
+        p.engine.send(b, b"x" * 100)
+        p.engine.send(b, b"x" * 150)
+        assert a not in p.engine and b not in p.engine
+        assert p.conn_events == [self.ev("closed_pong_timeout", 1006), self.ev("closed_slow_reader", 1006)]
+
+    def test_handler_error_keeps_its_code_when_the_peer_echoes(self, peer):
+        p = peer()
+        p.hooks[b"boom"] = lambda cid: (_ for _ in ()).throw(RuntimeError("handler bug"))
+        a, b = self.up(p), self.up(p)
+        for cid in (a, b):
+            p.engine.receive_data(cid, masked(OP_TEXT, b"boom"))
+            assert close_of(p.engine.data_to_send(cid)) == (1011, b"internal error")
+        p.engine.receive_data(a, masked(OP_CLOSE, close_payload(1000)))  # echoes something else
+        p.engine.sweep(close_timeout_ms=1, now=(monotonic_ms() + LONG) % WRAP)  # b never answers
+        assert p.conn_events == [self.ev("closed_handler_error", 1011)] * 2
+
+    def test_a_normal_close_gives_way_to_its_close_timeout(self, peer):
+        p = peer()
+        p.engine.event_mask |= _core.EVENTS_NORMAL
+        a, b = self.up(p), self.up(p)
+        for cid in (a, b):
+            p.engine.table.touch(cid, 0)
+        p.engine.sweep(idle_timeout_ms=10, now=10)
+        for cid in (a, b):
+            assert close_of(p.engine.data_to_send(cid)) == (1001, b"idle timeout")
+        p.engine.receive_data(a, masked(OP_CLOSE, close_payload(1001)))
+        p.engine.table.mark_ping_sent(b, 10)
+        p.engine.sweep(close_timeout_ms=5, now=20)
+        assert p.conn_events == [self.ev("closed_idle", 1001), self.ev("closed_close_timeout", 1006)]
+
+    def test_eof_after_our_close_keeps_the_first_reason(self, peer):
+        p = peer()
+        p.engine.event_mask |= _core.EVENTS_NORMAL
+        cid = self.up(p)
+        assert p.engine.close(cid, 4001, "bye")
+        p.engine.data_to_send(cid)
+        p.engine.receive_eof(cid)
+        assert p.conn_events == [self.ev("closed_by_server", 4001)]
+
+    def test_clean_ends_are_silent_by_default(self, peer):
+        link = Link(peer(), peer(client=True))
+        link.c.engine.close(link.ccid, 1000)
+        link.pump()
+        assert link.s.of("close") == [(link.scid, 1000)]
+        other = self.up(link.s)
+        link.s.engine.abort(other)
+        link.s.engine.abort_all()
+        assert link.s.conn_events == [] and link.c.conn_events == []
+
+    def test_peer_close_with_normal_mask(self, peer):
+        p = peer()
+        p.engine.event_mask = _core.EVENTS_NORMAL
+        cid = self.up(p)
+        p.engine.receive_data(cid, masked(OP_CLOSE, close_payload(1000)))
+        p.engine.data_to_send(cid)
+        assert p.conn_events == [self.ev("closed_peer", 1000)]
+
+    def test_mask_zero_or_no_callback_reports_nothing(self, peer):
+        p = peer()
+        p.engine.event_mask = 0
+        p.engine.receive_eof(self.up(p))
+        p.engine.event_mask = _core.EVENTS_ABNORMAL
+        p.engine.on_event = None
+        p.engine.receive_eof(self.up(p))
+        assert p.conn_events == [] and p.counter("closed_eof") == 2
+
+    def test_the_slot_is_free_and_reusable_when_it_is_reported(self, peer):
+        """Python hears of the end after the slot is freed: sending to it is a no-op, and
+        opening a connection from the callback reuses the slot without harm."""
+        p = peer(max_pending=2)
+        seen = []
+
+        def on_event(reason, code, detail, ip, port):
+            seen.append((cid in p.engine, p.engine.send(cid, b"late"), len(p.engine)))
+            seen.append(p.engine.open_connection("192.0.2.99", 1))
+
+        p.engine.on_event = on_event
+        cid = self.up(p)
+        p.engine.receive_eof(cid)
+        assert seen[0] == (False, False, 0)
+        assert seen[1] in p.engine and p.engine.peer(seen[1]) == ("192.0.2.99", 1)
+
+    def test_a_raising_callback_is_logged_and_the_end_completes(self, peer, caplog):
+        p = peer()
+
+        def on_event(*args):
+            raise ValueError("log handler bug")
+
+        p.engine.on_event = on_event
+        cid = self.up(p)
+        p.engine.receive_eof(cid)
+        assert cid not in p.engine and p.of("close") == [(cid, 1006)]
+        assert "error in on_event" in caplog.text
+
+    def test_set_peer_address_is_the_one_reported(self, peer):
+        p = peer()
+        cid = p.engine.open_connection("10.0.0.1", 9)
+        assert p.engine.set_peer(cid, "2001:db8::5", 0)
+        p.engine.receive_data(cid, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 2000)
+        p.engine.data_to_send(cid)
+        assert p.conn_events == [("handshake_too_large", 431, "", "2001:db8::5", 0)]

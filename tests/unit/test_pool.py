@@ -400,6 +400,14 @@ class TestStats:
             "limit": 64 * KiB,
             "size_classes": (16, 1024),
             "blocks_in_use": (2, 1),
+            # 4 KiB arenas: 256 blocks of 16 B, 4 of 1 KiB; 17 arena slots per class
+            # (64 KiB / 4 KiB + 1), 10 bytes each, plus a state byte per block.
+            "classes": [
+                {"block_size": 16, "blocks_total": 256, "blocks_in_use": 2, "arenas": 1,
+                 "bytes_reserved": 4096, "overhead_bytes": 256 + 17 * 10},
+                {"block_size": 1024, "blocks_total": 4, "blocks_in_use": 1, "arenas": 1,
+                 "bytes_reserved": 4096, "overhead_bytes": 4 + 17 * 10},
+            ],
         }
         pool.release(c)
         pool.release(a)
@@ -411,6 +419,30 @@ class TestStats:
         pool.release(b)
         assert pool.stats()["blocks_in_use"] == (0, 0)
         assert pool.bytes_in_use == 0
+        assert pool.trim() == 8192
+        assert [(c["arenas"], c["blocks_total"], c["bytes_reserved"], c["overhead_bytes"])
+                for c in pool.stats()["classes"]] == [(0, 0, 0, 170), (0, 0, 0, 170)]
+
+    def test_class_figures_add_up(self):
+        """Per class: blocks_total × block_size == bytes_reserved, and the classes sum
+        to the pool's totals, through growth, releases and trims."""
+        pool = BufferPool((64, 1024, 8192), limit=8 << 20, arena_size=16 * KiB)
+        held = []
+        for step in range(300):
+            held.append(pool.acquire((step * 37) % 8000 + 1))
+            if step % 3 == 2:
+                pool.release(held.pop(step % len(held)))
+            if step % 50 == 49:
+                pool.trim()
+            st = pool.stats()
+            for c in st["classes"]:
+                assert c["blocks_total"] * c["block_size"] == c["bytes_reserved"]
+                assert c["blocks_in_use"] <= c["blocks_total"]
+            assert sum(c["bytes_reserved"] for c in st["classes"]) == st["bytes_reserved"]
+            assert sum(c["blocks_in_use"] * c["block_size"] for c in st["classes"]) == st["bytes_in_use"]
+            assert tuple(c["blocks_in_use"] for c in st["classes"]) == st["blocks_in_use"]
+        for h in held:
+            pool.release(h)
 
     def test_high_water_and_failed_acquires(self):
         pool = BufferPool((1024,), limit=4096, arena_size=1024)
