@@ -22,6 +22,9 @@ UNKNOWN: int
 #: Upper bounds (seconds) of the call duration histogram; one more bucket counts
 #: longer calls.
 DURATION_BUCKETS: tuple[float, ...]
+#: Upper bounds (entries) of the batch length histogram; one more bucket counts
+#: longer batches.
+BATCH_BUCKETS: tuple[int, ...]
 
 def result_reply(rid: Any, value: Any) -> bytes:
     """``orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": value})``, byte for byte."""
@@ -66,6 +69,9 @@ class FastCall:
     #: Calls whose handler raised an RPCError with outcome "unknown" (-32601).
     unknown_methods: int
 
+    def counters(self) -> dict[str, Any]:
+        """What this entry point counted itself: ``parse_errors``, ``invalid_requests``,
+        ``unknown_methods``, ``batches``, ``batch_sum``, ``batch_buckets``."""
     def __init__(self, dispatcher: Any) -> None: ...
     def on_message(self, cid: int, data: bytes) -> bytes | None: ...
     def call_entry(self, cid: int, msg: dict[str, Any], b: Any, idx: int) -> Any:

@@ -75,6 +75,8 @@ cdef enum:
     O_UNKNOWN = 5
     N_BOUNDS = 19   # len(DURATION_BUCKETS)
     N_BUCKETS = 20  # N_BOUNDS + 1: the last counts durations above the largest bound
+    N_BATCH_BOUNDS = 10   # len(BATCH_BUCKETS)
+    N_BATCH_BUCKETS = 11  # N_BATCH_BOUNDS + 1: the last counts longer batches
 
 #: Outcome names, in the order of their indices (``SUCCESS`` ... ``REFUSED``).
 OUTCOMES = ("success", "error", "failure", "timeout", "refused")
@@ -98,6 +100,15 @@ cdef int64_t BOUND_NS[N_BOUNDS]
 for _i in range(N_BOUNDS):
     BOUND_NS[_i] = <int64_t>round(DURATION_BUCKETS[_i] * 1e9)
 assert len(DURATION_BUCKETS) == N_BOUNDS
+
+#: Upper bounds of the batch length histogram (entries; ``fastrpc.dispatch``
+#: re-exports it), up to the default ``Limits.max_batch_length``; one more bucket
+#: counts longer batches (a raised limit).
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+cdef Py_ssize_t BATCH_BOUND[N_BATCH_BOUNDS]
+for _i in range(N_BATCH_BOUNDS):
+    BATCH_BOUND[_i] = BATCH_BUCKETS[_i]
+assert len(BATCH_BUCKETS) == N_BATCH_BOUNDS
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -305,6 +316,13 @@ cdef class FastCall:
     cdef public uint64_t parse_errors
     cdef public uint64_t invalid_requests
     cdef public uint64_t unknown_methods
+    # Batches this entry point handed to Dispatcher._batch to be answered entry by
+    # entry (1..max_batch entries; an empty or too long one is Dispatcher._batch's one
+    # -32600, counted there): how many, their entries, their lengths over BATCH_BUCKETS.
+    cdef Py_ssize_t max_batch
+    cdef uint64_t batches
+    cdef uint64_t batch_sum
+    cdef uint64_t batch_buckets[N_BATCH_BUCKETS]
 
     def __init__(self, dispatcher):
         self.table = dispatcher._table
@@ -313,6 +331,17 @@ cdef class FastCall:
         self.failed = dispatcher._failed
         self.transport = dispatcher._transport
         self.entry = self.call_entry
+        self.max_batch = dispatcher._max_batch
+
+    def counters(self):
+        """What this entry point counted itself (``Dispatcher.metrics()`` adds the
+        Python path's): ``parse_errors``, ``invalid_requests``, ``unknown_methods``,
+        ``batches``, ``batch_sum`` and ``batch_buckets`` (a list, non-cumulative)."""
+        cdef int i
+        return {"parse_errors": self.parse_errors, "invalid_requests": self.invalid_requests,
+                "unknown_methods": self.unknown_methods, "batches": self.batches,
+                "batch_sum": self.batch_sum,
+                "batch_buckets": [self.batch_buckets[i] for i in range(N_BATCH_BUCKETS)]}
 
     cdef object scan(self, cid, bytes data):
         """Recognise the byte layout nearly every client sends,
@@ -407,8 +436,16 @@ cdef class FastCall:
         except _DecodeError:
             self.parse_errors += 1
             return _PARSE_ERROR_REPLY
+        cdef Py_ssize_t n, i = 0
         if type(msg) is not dict:
             if type(msg) is list:
+                n = PyList_GET_SIZE(msg)
+                if 0 < n <= self.max_batch:
+                    while i < N_BATCH_BOUNDS and n > BATCH_BOUND[i]:
+                        i += 1
+                    self.batch_buckets[i] += 1
+                    self.batches += 1
+                    self.batch_sum += <uint64_t>n
                 return self.batch(cid, msg, self.entry)
             self.invalid_requests += 1
             return _NOT_AN_OBJECT_REPLY

@@ -55,8 +55,9 @@ call and its reply dropped.
 **Counters.** ``Forwarder.upstream_stats()``: forwarded calls by upstream URL and
 outcome (``UPSTREAM_OUTCOMES``). The method counters (``Dispatcher.method_stats``)
 count a forwarded call as the answer it got: a relayed result or error reply as
-success / error, -32005 as refused, -32001 as timeout, -32007 as failure
-(``fastrpc.errors.ServerBusy``, ``RequestTimedOut``, ``UpstreamLost``). The gateway
+success / error, -32005 "server busy" (answered here, or by a peer over its own soft
+limits) as refused, -32001 as timeout, -32007 as failure (``fastrpc.errors.ServerBusy``,
+``RequestTimedOut``, ``UpstreamLost``). The gateway
 forwards names it does not know: an upstream's -32601 counts as an unknown method of
 the dispatcher, and a name appears in ``method_stats`` only once an upstream has
 answered it (a result or an error other than -32601), so names clients make up never
@@ -73,6 +74,8 @@ from urllib.parse import urlsplit
 
 from .errors import (
     METHOD_NOT_FOUND,
+    SERVER_BUSY,
+    SERVER_BUSY_MESSAGE,
     UPSTREAM_LOST,
     CallTimeout,
     ConnectionLost,
@@ -380,6 +383,11 @@ class Forwarder:
             return value
         except RPCError as e:
             outcome = "ok"
+            # Relayed unchanged, byte for byte; two answers count as what they say: a
+            # peer's own "server busy" (the call ran nowhere) and, for names not served
+            # here, "method not found".
+            if e.code == SERVER_BUSY and e.message == SERVER_BUSY_MESSAGE and e.data is None:
+                raise ServerBusy() from None
             if e.code == METHOD_NOT_FOUND and self.resolving:
                 raise MethodNotFound(e.code, e.message, e.data) from None
             raise

@@ -75,7 +75,7 @@ from concurrent.futures import Future
 from time import monotonic_ns  # CLOCK_MONOTONIC, the clock of the compiled counters
 from typing import Any, Callable, Iterable, Protocol
 
-from ._fastcall import DURATION_BUCKETS, FAILURE, SUCCESS, TIMEOUT, UNKNOWN, FastCall
+from ._fastcall import BATCH_BUCKETS, DURATION_BUCKETS, FAILURE, SUCCESS, TIMEOUT, UNKNOWN, FastCall
 from .errors import REQUEST_TIMEOUT, RPCError
 from .isolation import DEFAULT, Bulkhead
 from .jsonrpc import (
@@ -106,11 +106,6 @@ from .subscriptions import Subscriptions
 log = logging.getLogger("fastrpc.dispatch")
 
 _timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
-
-#: Upper bounds of ``metrics()["batch_buckets"]``: batch lengths (entries), up to the
-#: default ``Limits.max_batch_length``; one more bucket counts longer batches (a raised
-#: limit).
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class Transport(Protocol):
@@ -223,8 +218,8 @@ class Dispatcher:
         #: ``() -> Iterable[Method]``: the methods ``resolve`` handed out and keeps (a
         #: bounded cache), so that ``method_stats()`` shows them too.
         self.resolved_methods: Callable[[], Iterable[Method]] | None = None
-        # Counters of the answers the Python path gives (the compiled entry keeps its
-        # own: metrics() adds them), and of batches.
+        # Counters of what the Python path answers and of the batches it takes (the
+        # compiled entry keeps its own: metrics() adds them).
         self._counts = {"parse_errors": 0, "invalid_requests": 0, "unknown_methods": 0,
                         "batches": 0, "batch_sum": 0}
         self._batch_buckets = [0] * (len(BATCH_BUCKETS) + 1)
@@ -251,6 +246,12 @@ class Dispatcher:
         if type(msg) is dict:
             return self._call(cid, msg, None, 0)
         if type(msg) is list:
+            n = len(msg)
+            if 0 < n <= self._max_batch:  # answered entry by entry (the compiled entry counts its own)
+                counts = self._counts
+                counts["batches"] += 1
+                counts["batch_sum"] += n
+                self._batch_buckets[bisect_left(BATCH_BUCKETS, n)] += 1
             return self._batch(cid, msg)
         self._counts["invalid_requests"] += 1
         return NOT_AN_OBJECT_REPLY
@@ -557,9 +558,6 @@ class Dispatcher:
         if n == 0 or n > self._max_batch:
             counts["invalid_requests"] += 1  # one -32600 for the whole batch; nothing runs
             return EMPTY_BATCH_REPLY if n == 0 else BATCH_TOO_LARGE_REPLY
-        counts["batches"] += 1
-        counts["batch_sum"] += n
-        self._batch_buckets[bisect_left(BATCH_BUCKETS, n)] += 1
         b = _Batch(cid, n, self._max_batch_bytes)
         replies = b.replies
         if call is None:
@@ -645,7 +643,7 @@ class Dispatcher:
         one per subscriber reached). Per-method counters: ``method_stats()``."""
         subs = self.subscriptions
         c = self._counts
-        f = self._fast
+        f = self._fast.counters()
         return {
             "in_flight": len(self._tasks),
             "subscriptions": subs.count(),
@@ -653,12 +651,12 @@ class Dispatcher:
             "subscribers_dropped_slow": subs.dropped_slow,
             "notifications_sent": subs.notifications_sent,
             "services": {s.name: s.bulkhead.stats() for s in self.registry.services()},
-            "parse_errors": c["parse_errors"] + f.parse_errors,
-            "invalid_requests": c["invalid_requests"] + f.invalid_requests,
-            "unknown_methods": c["unknown_methods"] + f.unknown_methods,
-            "batches": c["batches"],
-            "batch_buckets": list(self._batch_buckets),
-            "batch_sum": c["batch_sum"],
+            "parse_errors": c["parse_errors"] + f["parse_errors"],
+            "invalid_requests": c["invalid_requests"] + f["invalid_requests"],
+            "unknown_methods": c["unknown_methods"] + f["unknown_methods"],
+            "batches": c["batches"] + f["batches"],
+            "batch_buckets": [a + b for a, b in zip(self._batch_buckets, f["batch_buckets"])],
+            "batch_sum": c["batch_sum"] + f["batch_sum"],
         }
 
     def method_stats(self) -> dict[str, dict[str, Any]]:
