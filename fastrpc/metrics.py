@@ -115,7 +115,8 @@ def snapshot(server: Server) -> Samples:
         in_flight += fwd.in_flight
         for upstream, outcomes in sorted(fwd.upstream_stats().items()):
             for outcome, n in sorted(outcomes.items()):
-                put("fastrpc_forwarded_calls_total", n, (upstream, outcome))
+                # "": refused before any upstream was tried (an empty label is no label)
+                put("fastrpc_forwarded_calls_total", n, (upstream or "none", outcome))
     put("fastrpc_forwarded_in_flight", in_flight)
 
     put("fastrpc_received_bytes_total", c["bytes_in"])

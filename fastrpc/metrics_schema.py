@@ -141,7 +141,8 @@ METRICS: tuple[Metric, ...] = (
     # --- forwarding ---------------------------------------------------------------
     Metric("fastrpc_forwarded_calls_total", COUNTER,
            "Calls forwarded to peer nodes, by upstream and outcome (ok: an answer came back; "
-           "busy: refused here, -32005; lost: the upstream went away, -32007).",
+           "busy: refused here, -32005; lost: the upstream went away, -32007; timeout: no "
+           "answer in time); upstream \"none\": refused before any upstream was tried.",
            ("upstream", "outcome")),
     Metric("fastrpc_forwarded_in_flight", GAUGE, "Forwarded calls waiting for their upstream."),
     # --- traffic ------------------------------------------------------------------

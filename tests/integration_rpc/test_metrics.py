@@ -182,9 +182,9 @@ def test_own_registry_and_collector(run, rpc_server):
         reg2.register(Collector(plain))
         async with fastrpc.connect(f"ws://127.0.0.1:{plain.port}") as c:
             await c.call("eth_blockNumber")
+            assert reg2.get_sample_value("fastrpc_connections_open") == 1
         assert reg2.get_sample_value("fastrpc_rpc_requests_total",
                                      {"method": "eth_blockNumber", "outcome": "success"}) == 1
-        assert reg2.get_sample_value("fastrpc_connections_open") == 1
 
     run(body())
 
@@ -197,7 +197,9 @@ def test_event_loop_lag_is_seen(run, rpc_server):
         deadline = loop.time() + 10
         while srv.loop_lag.count == before and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        time.sleep(0.3)  # the loop is blocked: the reaper's next wake-up is late
+        # The reaper just went to sleep for one tick: block the loop past that tick, so
+        # its next wake-up is about 0.3 s late.
+        time.sleep(srv._tick() + 0.3)
         n = srv.loop_lag.count
         while srv.loop_lag.count == n and loop.time() < deadline:
             await asyncio.sleep(0.01)
@@ -260,3 +262,29 @@ def test_mirror_shares_the_files_with_the_nodes_metrics(tmp_path):
     assert out.returncode == 0, out.stderr
     node, conns, limit = out.stdout.split()
     assert float(node) == 3.0 and float(conns) == 0.0 and float(limit) == Limits().memory_limit
+
+
+def test_forwarded_calls_by_upstream(run, rpc_server):
+    async def body() -> None:
+        upstream = await rpc_server(build())
+        gw = build()
+        pool = fastrpc.ClientPool([f"ws://127.0.0.1:{upstream.port}"], size=1)
+        await pool.start()
+        try:
+            gw.forward(["eth_blockNumber"], pool, when="always", health_interval=None)
+            await rpc_server(gw)
+            async with fastrpc.connect(f"ws://127.0.0.1:{gw.port}") as c:
+                for _ in range(4):
+                    assert await c.call("eth_blockNumber") == "0x10"
+            p = page((await scrape(gw)).body.decode())
+        finally:
+            await pool.close()
+        url = f"ws://127.0.0.1:{upstream.port}"
+        assert value(p, "fastrpc_forwarded_calls_total", upstream=url, outcome="ok") == 4
+        assert value(p, "fastrpc_forwarded_calls_total", upstream=url, outcome="lost") == 0
+        assert value(p, "fastrpc_forwarded_in_flight") == 0
+        # the upstream counted them as its own calls
+        up = page((await scrape(upstream)).body.decode())
+        assert value(up, "fastrpc_rpc_requests_total", method="eth_blockNumber", outcome="success") == 4
+
+    run(body())
