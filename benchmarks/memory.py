@@ -48,7 +48,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "benchmarks" / "memory_client.py"
@@ -238,9 +238,16 @@ def settle(server: ServerProc, stage: str, args: argparse.Namespace,
 # -- client workers -------------------------------------------------------------------------
 
 class Workers:
-    """The client processes, driven by line commands (see ``memory_client.py``)."""
+    """The client processes, driven by line commands (see ``memory_client.py``):
+    ``args.workers`` of them (one 127.0.0.x source address each) sharing ``n``
+    connections and ``args.concurrency``; ``client`` and its ``client_args`` are another
+    worker script's (``fanout.py``: ``fanout_client.py``), ``pin`` sets their CPUs."""
 
-    def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path) -> None:
+    def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path,
+                 client: Path = CLIENT, client_args: Sequence[str] | None = None,
+                 pin: Callable[[], None] | None = None) -> None:
+        if client_args is None:
+            client_args = ("--size", str(args.size))
         count = min(args.workers, n)
         per, extra = divmod(n, count)
         conc = max(1, args.concurrency // count)
@@ -253,15 +260,20 @@ class Workers:
             c = per + (i < extra)
             log = logdir / f"client-{i}.log"
             self.logs.append(log)
-            cmd = [sys.executable, str(CLIENT), "--port", str(port), "--count", str(c),
+            cmd = [sys.executable, str(client), "--port", str(port), "--count", str(c),
                    "--first", str(first), "--source", f"127.0.0.{2 + i}",
-                   "--concurrency", str(conc), "--size", str(args.size),
+                   "--concurrency", str(conc), *client_args,
                    "--phase-timeout", str(max(5.0, args.timeout / 3)),
                    "--lifetime", str(args.timeout + 60)]
+
+            def setup() -> None:
+                _die_with_parent()
+                if pin is not None:
+                    pin()
+
             with open(log, "wb") as err:
                 p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=err, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     stderr=err, start_new_session=True, preexec_fn=setup)
             os.set_blocking(p.stdout.fileno(), False)  # type: ignore[union-attr]
             self.sel.register(p.stdout, selectors.EVENT_READ, i)  # type: ignore[arg-type]
             self.bufs[i] = b""
