@@ -49,6 +49,7 @@ from _fanout import head, notification  # noqa: E402
 CLIENT = ROOT / "benchmarks" / "fanout_client.py"
 BASELINE = "fastrpc"
 MAX_N = 19_000  # the open-file cap is 20,000 per process: N sockets + the server's own
+WORKER_LIFETIME_S = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,10 @@ class FanoutServer:
             raise ConfigError("start", f"server said {first[:200]!r}: {self.tail()}")
         sub = logdir / f"{self.spec.name}-{self.loop}-{self.n}"
         sub.mkdir()
+        # The subscribers live as long as the whole (N, loop) block, repeats and waits
+        # included; they exit with this process anyway.
         self.workers = w = Workers(self.port, self.n, args, sub, client=CLIENT, client_args=(),
-                                   pin=pinned(client_cpus))
+                                   pin=pinned(client_cpus), lifetime=WORKER_LIFETIME_S)
         w.wait("ready", "clients", deadline)
         for cmd, event in (("connect", "connected"), ("subscribe", "subscribed")):
             w.command(cmd)
@@ -192,7 +195,10 @@ class FanoutServer:
 
     def stop(self) -> None:
         if self.workers is not None:
-            self.workers.close()
+            try:
+                self.workers.close()
+            except OSError:
+                pass  # a worker already gone: the server must still be stopped
         if self.proc.poll() is None:
             self.proc.send_signal(2)  # SIGINT: the peers' and fastrpc's clean stop
             try:
@@ -202,7 +208,10 @@ class FanoutServer:
                 self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except BrokenPipeError:
+                    pass
         self._log.close()
 
     def unexpected_output(self) -> list[str]:
@@ -303,6 +312,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     notes: list[str] = []
+    env = h.environment()  # the tree as it was measured, before the first start
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         logdir = Path(tmp)
@@ -355,7 +365,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                      "pinned": server_cpus is not None,
                      "server_cpus": sorted(server_cpus or []),
                      "client_cpus": sorted(client_cpus or [])},
-        "environment": h.environment(),
+        "environment": env,
         "scenarios": {str(n): {"n": n, "title": f"{n:,} subscribers",
                                "short": f"N = {n:,}"} for n in ns},
         "servers": {s.name: {"script": s.script, "label": s.label, "extra": list(s.extra)}

@@ -245,7 +245,10 @@ class Workers:
 
     def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path,
                  client: Path = CLIENT, client_args: Sequence[str] | None = None,
-                 pin: Callable[[], None] | None = None) -> None:
+                 pin: Callable[[], None] | None = None, lifetime: float | None = None
+                 ) -> None:
+        """``lifetime``: seconds after which a worker exits whatever happens (default
+        ``args.timeout`` + 60; a worker also exits when this process goes away)."""
         if client_args is None:
             client_args = ("--size", str(args.size))
         count = min(args.workers, n)
@@ -264,7 +267,7 @@ class Workers:
                    "--first", str(first), "--source", f"127.0.0.{2 + i}",
                    "--concurrency", str(conc), *client_args,
                    "--phase-timeout", str(max(5.0, args.timeout / 3)),
-                   "--lifetime", str(args.timeout + 60)]
+                   "--lifetime", str(lifetime or args.timeout + 60)]
 
             def setup() -> None:
                 _die_with_parent()
@@ -328,7 +331,10 @@ class Workers:
                 p.wait()
             for f in (p.stdin, p.stdout):
                 if f is not None:
-                    f.close()
+                    try:
+                        f.close()
+                    except BrokenPipeError:  # a worker that died before reading it all
+                        pass
         self.sel.close()
 
 
