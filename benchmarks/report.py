@@ -181,7 +181,13 @@ def sections(src: Path, names: list[str], manifest: dict[str, Any]
             continue
         if name == "micro":
             storage = str(shown(src / "pytest-benchmark"))
-            made.append(_render.micro(data, info.get("command"), info.get("saved"),
+            command = info.get("command")
+            if command is None and data.get("benchmarks"):
+                # no manifest: the part's command with the options this run recorded
+                opts = data["benchmarks"][0].get("options", {})
+                command = shlex.join(["python", *_micro(shown(src), str(opts.get("max_time")),
+                                                        str(opts.get("min_rounds")))])
+            made.append(_render.micro(data, command, info.get("saved"),
                                       storage if (src / "pytest-benchmark").exists() else None))
         else:
             made.append(getattr(_render, name)(data))
