@@ -85,7 +85,7 @@ def _panel(ax: plt.Axes, c: Chart, colours: dict[str, str]) -> None:
         value_axis.set_minor_formatter(NullFormatter())
     ax.set_title(c.title, fontsize=10)
     # below the plot: inside it, it would hide the tallest bars
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 if c.horizontal
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07 if c.horizontal
                                                               else -0.16),
               ncol=2, title=c.hatch_label or None, title_fontsize=7, frameon=False)
     ax.grid(axis="x" if c.horizontal else "y", alpha=0.3, which="both")
@@ -93,8 +93,8 @@ def _panel(ax: plt.Axes, c: Chart, colours: dict[str, str]) -> None:
 
 def draw(path: Path, charts: Sequence[Chart]) -> Path:
     """Draw ``charts`` side by side into the PNG ``path``."""
-    tall = max((len(c.categories) for c in charts if c.horizontal), default=0)
-    height = max(4.0, 0.45 * tall * max((len(c.series) for c in charts), default=1) / 2)
+    height = max([4.0] + [0.3 * len(c.categories) * (1 + len(c.series) / 4)
+                          for c in charts if c.horizontal])
     fig, axes = plt.subplots(1, len(charts), figsize=(6.5 * len(charts), height),
                              squeeze=False)
     # one colour per name across the panels (a ratio panel has no fastrpc bar)

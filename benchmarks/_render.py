@@ -91,6 +91,14 @@ def env_line(env: Data | None, command: str | None, generated: str | None) -> li
     return out
 
 
+def ratio(r: Data | None, base: Data | None, metric: str) -> float | None:
+    """``r``'s ``metric`` ÷ the baseline's; None where either is missing or zero (a
+    window shorter than a clock tick reads 0 s of CPU: no ratio to show)."""
+    if not r or not base or not r.get(metric) or not base.get(metric):
+        return None
+    return r[metric] / base[metric]
+
+
 def harness_rows(data: Data, kind: str) -> dict[tuple[str, str, str], Data]:
     """The valid rows of a harness result (``load.py``, ``client_load.py``,
     ``fanout.py``) by (name, loop, scenario)."""
@@ -228,7 +236,7 @@ def harness_section(data: Data, *, key: str, kind: str, metric: str, unit: str,
                 if n == BASELINE:
                     continue
                 r = rows.get((n, lp, sk))
-                v = r[metric] / base[metric] if r and base and base[metric] else None
+                v = ratio(r, base, metric)
                 series[labels[n]].append(v)
                 if v is not None and summary_key(n):
                     summary.setdefault(n, []).append(v)
@@ -244,7 +252,7 @@ def harness_section(data: Data, *, key: str, kind: str, metric: str, unit: str,
                 if n == BASELINE:
                     cells.append("1×" if r else "—")
                 else:
-                    cells.append(x(r[metric] / b[metric]) if r and b and b[metric] else "—")
+                    cells.append(x(ratio(r, b, metric)))
             cells += [with_range(r[metric], r.get(f"{metric}_range")) if r else "—" for r in got]
             if extra:
                 cells += [extra(r) if r else "—" for r in got]
@@ -340,7 +348,7 @@ def memory(data: Data) -> Section:
     servers = sorted({r["server"] for r in results},
                      key=lambda s: MEMORY_ORDER.index(s) if s in MEMORY_ORDER else 99)
 
-    def ratio(r: Data, what: str) -> float | None:
+    def vs_base(r: Data, what: str) -> float | None:
         b = base.get((r["loop"], r["n"]))
         return r[what] / b[what] if b and b[what] and r[what] is not None else None
 
@@ -359,7 +367,7 @@ def memory(data: Data) -> Section:
                     why = " ".join(f"failed at {r['stage']}: {r['reason']}".split())[:200]
                     lines.append(f"| {name} | {lp} | {n:,} | {why.replace('|', '/')} |||||")
                     continue
-                ri, rt = ratio(r, "idle_per_conn"), ratio(r, "touched_per_conn")
+                ri, rt = vs_base(r, "idle_per_conn"), vs_base(r, "touched_per_conn")
                 if s != BASELINE and ri is not None and summary_key(s) and n == ns[-1]:
                     summary.setdefault(s, []).append(ri)
                 lines.append(f"| {name} | {lp} | {n:,} | {'1×' if s == BASELINE else x(ri)} | "
@@ -373,7 +381,7 @@ def memory(data: Data) -> Section:
             r = next((r for r in ok if (r["server"], r["loop"], r["n"]) == (s, lp, top)), None)
             size.setdefault(s, []).append(r["idle_per_conn"] if r else None)
             if s != BASELINE:
-                series.setdefault(s, []).append(ratio(r, "idle_per_conn") if r else None)
+                series.setdefault(s, []).append(vs_base(r, "idle_per_conn") if r else None)
     v = meta.get("versions", {})
     env = {"cpu": meta.get("cpu", "?"), "cpus": meta.get("cpus"), "kernel": v.get("kernel"),
            "python": v.get("python"), "commit": str(v.get("fastrpc", "?")).split()[0],

@@ -399,8 +399,9 @@ def ratio_cells(data: dict[str, Any], r: dict[str, Any]) -> str:
     base = h.find(data, "server", BASELINE, r["loop"], r["scenario"])
     if r["server"] == BASELINE:
         return "1×"
-    if base is None or not base["server_cpu_us_per_notification"]:
-        return "—"
+    if base is None or not base["server_cpu_us_per_notification"] \
+            or not r["server_cpu_us_per_notification"]:
+        return "—"  # a window shorter than a clock tick: no ratio
     return f"{r['server_cpu_us_per_notification'] / base['server_cpu_us_per_notification']:.2f}×"
 
 

@@ -10,7 +10,7 @@
 a subprocess that writes its ``--json`` (and its own ``--markdown``) into ``--out``:
 
 * ``micro``: ``bench_frames.py`` + ``bench_dispatch.py`` under pytest-benchmark, with
-  ``--benchmark-json`` (rendered here) and ``--benchmark-save`` into
+  ``--benchmark-json`` (rendered here, its per-round timings dropped) and ``--benchmark-save`` into
   ``--out``/pytest-benchmark, for ``--benchmark-compare`` against this run later;
 * ``load``: ``load.py`` (server CPU per request; fastrpc, websockets, aiohttp, picows);
 * ``memory``: ``memory.py`` (RSS per idle connection, N = 19,000);
@@ -69,12 +69,23 @@ class Part:
     estimate_s: int                            # the full run's duration on 2 cores
 
 
-def _micro(out: Path, max_time: str, min_rounds: str) -> list[str]:
+def _micro(out: Path, max_time: str, min_rounds: str, save: bool = True) -> list[str]:
+    saving = [f"--benchmark-storage=file://{out / 'pytest-benchmark'}",
+              "--benchmark-save=report"] if save else []
     return ["-m", "pytest", "benchmarks/bench_frames.py", "benchmarks/bench_dispatch.py",
             "-q", "-p", "no:cacheprovider", f"--benchmark-json={out / 'micro.json'}",
-            f"--benchmark-storage=file://{out / 'pytest-benchmark'}",
-            "--benchmark-save=report", f"--benchmark-max-time={max_time}",
-            f"--benchmark-min-rounds={min_rounds}"]
+            *saving, f"--benchmark-max-time={max_time}", f"--benchmark-min-rounds={min_rounds}"]
+
+
+def drop_rounds(path: Path) -> None:
+    """Drop every round's timing from a ``--benchmark-json`` file (megabytes of them; the
+    report reads the statistics, and the saved run keeps no rounds either)."""
+    data = load_json(path)
+    if data is None:
+        return
+    for b in data.get("benchmarks", []):
+        b.get("stats", {}).pop("data", None)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _script(name: str, stem: str, *opts: str) -> Callable[[Path], list[str]]:
@@ -108,7 +119,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("fanout", "fanout",
          _script("fanout.py", "fanout", "--n", "1000,10000", *LOOPS, "--repeat", "3",
                  "--wait-quiet", WAIT_QUIET_S),
-         _script("fanout.py", "fanout", "--n", "50", *LOOPS, "--publishes", "5",
+         _script("fanout.py", "fanout", "--n", "200", *LOOPS, "--publishes", "30",
                  "--repeat", "1", "--warmup", "1"), 300),
 )}
 
@@ -140,6 +151,7 @@ def run_parts(names: list[str], out: Path, quick: bool) -> dict[str, Any]:
         done[name] = {"command": shlex.join(cmd), "exit": rc,
                       "wall_s": round(time.monotonic() - t0, 1), "json": f"{part.stem}.json"}
         if name == "micro":
+            drop_rounds(out / "micro.json")
             saved = sorted((out / "pytest-benchmark").glob("*/*_report.json"))
             done[name]["saved"] = str(shown(saved[-1])) if saved else None
         print(f"=== {name}: exit {rc} after {done[name]['wall_s']:.0f} s", flush=True)
@@ -185,8 +197,9 @@ def sections(src: Path, names: list[str], manifest: dict[str, Any]
             if command is None and data.get("benchmarks"):
                 # no manifest: the part's command with the options this run recorded
                 opts = data["benchmarks"][0].get("options", {})
-                command = shlex.join(["python", *_micro(shown(src), str(opts.get("max_time")),
-                                                        str(opts.get("min_rounds")))])
+                command = shlex.join(["python", *_micro(
+                    shown(src), str(opts.get("max_time")), str(opts.get("min_rounds")),
+                    save=(src / "pytest-benchmark").exists())])
             made.append(_render.micro(data, command, info.get("saved"),
                                       storage if (src / "pytest-benchmark").exists() else None))
         else:
