@@ -44,6 +44,8 @@ class Section:
     lines: list[str]         # Markdown after the chart
     summary: dict[str, list[float]]  # peer -> every ratio of this part (the summary row)
     what: str                # what the summary's ratios compare
+    #: where it ran, from its own JSON: cpu, cpus, kernel, python, commit, versions
+    env: Data = field(default_factory=dict)
 
 
 # -- shared cells -------------------------------------------------------------------------
@@ -195,8 +197,9 @@ def micro(data: Data, command: str | None, saved: str | None, storage: str | Non
     lines += env_line(env, command, data.get("datetime"))
     chart = Chart("Micro-benchmarks: median time, peer ÷ fastrpc", "peer ÷ fastrpc (×)",
                   cats, ratios, horizontal=True)
+    env["versions"] = {"pytest-benchmark": data.get("version", "?")}
     return Section("micro", "Micro-benchmarks: frame codec and dispatch", "micro.png", [chart],
-                   lines, summary, "time per operation (median)")
+                   lines, summary, "time per operation (median)", env)
 
 
 def time_text(seconds: float) -> str:
@@ -266,7 +269,7 @@ def harness_section(data: Data, *, key: str, kind: str, metric: str, unit: str,
     lines += env_line(data.get("environment"), data.get("command"), data.get("generated"))
     chart = Chart(chart_title, "peer ÷ fastrpc (×)", cats, series)
     return Section(key, title, png, [chart] + ([absolute] if absolute else []), lines,
-                   summary, what)
+                   summary, what, dict(data.get("environment") or {}))
 
 
 def load(data: Data) -> Section:
@@ -399,11 +402,35 @@ def memory(data: Data) -> Section:
     absolute = Chart(f"Idle memory per connection, N = {top:,}",
                      "bytes of server RSS (log scale)", list(loops), size,
                      log=True, reference=None)
+    env["versions"] = {k: val for k, val in v.items()
+                       if k not in ("python", "kernel", "fastrpc")}
     return Section("memory", "Memory per idle connection", "memory.png", [chart, absolute],
-                   lines, summary, f"RSS per idle connection (N = {top:,})")
+                   lines, summary, f"RSS per idle connection (N = {top:,})", env)
 
 
 # -- the whole report --------------------------------------------------------------------------
+
+def machines(sections: Sequence[Section]) -> list[str]:
+    """Without a one-go run's record: where each part ran, and the versions they name."""
+    where: dict[str, list[str]] = {}
+    for s in sections:
+        e = s.env
+        desc = (f"{e.get('cpu') or '?'}, {e.get('cpus') or '?'} CPUs, Linux "
+                f"{e.get('kernel') or '?'}, CPython {e.get('python') or '?'}, fastrpc at "
+                f"`{str(e.get('commit') or '?')[:12]}`")
+        where.setdefault(desc, []).append(s.key)
+    versions: dict[str, list[str]] = {}
+    for s in sections:
+        for dist, ver in (s.env.get("versions") or {}).items():
+            if ver not in versions.setdefault(dist, []):
+                versions[dist].append(ver)
+    out = ["**Machines** (each part's own record): "
+           + "; ".join(f"{', '.join(keys)}: {desc}" for desc, keys in where.items()) + "."]
+    if versions:
+        out += ["", "**Versions** (as the parts recorded them): "
+                + ", ".join(f"{d} {' / '.join(v)}" for d, v in versions.items()) + "."]
+    return out
+
 
 def summary_table(sections: Sequence[Section]) -> list[str]:
     lines = ["| benchmark | ratio of | " + " | ".join(p if p != "web3" else "web3.py"

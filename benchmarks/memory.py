@@ -492,6 +492,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def _b(v: float | None) -> str:
     return "—" if v is None else f"{v:,.0f}"
 
@@ -659,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/memory.py", *shown]),
-        "versions": versions(), "cpus": os.cpu_count(), "rlimit_nofile": hard,
+        "versions": versions(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+        "rlimit_nofile": hard,
         "malloc_arena_max": args.malloc_arena_max, "hold": args.hold, "workers": args.workers,
         "concurrency": args.concurrency, "size": args.size, "timeout": args.timeout,
         "settle": {"window_s": args.settle_window, "tolerance_bytes": args.settle_tolerance,

@@ -1,8 +1,8 @@
 """The published comparison (issue 11 §4): every benchmark in one go, then
 ``docs/report.md`` and its charts.
 
-    python -m benchmarks.report                        # the full run: about 20 minutes
-    python -m benchmarks.report --quick                # smoke test: tiny sizes, ~3 minutes
+    python -m benchmarks.report                        # the full run: about 19 minutes
+    python -m benchmarks.report --quick                # smoke test: tiny sizes, ~3.5 minutes
     python -m benchmarks.report --only memory,fanout   # some parts only
     python -m benchmarks.report --from-json benchmarks/results/report   # re-render only
 
@@ -66,7 +66,7 @@ class Part:
     stem: str                                  # its JSON is <stem>.json in --out
     full: Callable[[Path], list[str]]          # the command, after "python"
     quick: Callable[[Path], list[str]]
-    estimate_s: int                            # the full run's duration on 2 cores
+    estimate_s: int  # the full run's seconds on a quiet 2-core machine (see the README)
 
 
 def _micro(out: Path, max_time: str, min_rounds: str, save: bool = True) -> list[str]:
@@ -98,29 +98,29 @@ def _script(name: str, stem: str, *opts: str) -> Callable[[Path], list[str]]:
 LOOPS = ("--loops", "asyncio,uvloop")
 PARTS: dict[str, Part] = {p.name: p for p in (
     Part("micro", "micro", lambda o: _micro(o, "0.8", "20"), lambda o: _micro(o, "0.01", "3"),
-         150),
+         90),
     Part("load", "load",
          _script("load.py", "load", "--servers", "fastrpc,websockets,aiohttp,picows", *LOOPS,
                  "--scenarios", "b,c", "--duration", "3", "--repeat", "3",
                  "--wait-quiet", WAIT_QUIET_S),
          _script("load.py", "load", "--servers", "fastrpc,websockets,aiohttp,picows", *LOOPS,
-                 "--scenarios", "b,c", "--duration", "0.3", "--warmup", "0.2"), 270),
+                 "--scenarios", "b,c", "--duration", "0.3", "--warmup", "0.2"), 250),
     Part("memory", "memory",
          _script("memory.py", "memory", "--servers",
                  "fastrpc,websockets,websockets-nocomp,aiohttp,picows", *LOOPS, "--n", "19000"),
          _script("memory.py", "memory", "--servers", "fastrpc,websockets,aiohttp,picows",
                  *LOOPS, "--n", "200", "--no-reserve-probe", "--settle-window", "0.5",
-                 "--settle-max", "2"), 270),
+                 "--settle-max", "2"), 250),
     Part("client", "client_load",
          _script("client_load.py", "client_load", "--clients", "fastrpc,websockets,web3",
                  *LOOPS, "--duration", "3", "--repeat", "3", "--wait-quiet", WAIT_QUIET_S),
          _script("client_load.py", "client_load", "--clients", "fastrpc,websockets,web3",
-                 *LOOPS, "--duration", "0.3", "--warmup", "0.2"), 230),
+                 *LOOPS, "--duration", "0.3", "--warmup", "0.2"), 220),
     Part("fanout", "fanout",
          _script("fanout.py", "fanout", "--n", "1000,10000", *LOOPS, "--repeat", "3",
                  "--wait-quiet", WAIT_QUIET_S),
          _script("fanout.py", "fanout", "--n", "200", *LOOPS, "--publishes", "30",
-                 "--repeat", "1", "--warmup", "1"), 300),
+                 "--repeat", "1", "--warmup", "1"), 330),
 )}
 
 
@@ -210,7 +210,8 @@ def sections(src: Path, names: list[str], manifest: dict[str, Any]
     return made, missing
 
 
-def header(manifest: dict[str, Any], src: Path, rendered: str) -> list[str]:
+def header(manifest: dict[str, Any], src: Path, rendered: str,
+           made: list[_render.Section]) -> list[str]:
     m = manifest.get("machine") or {}
     v = manifest.get("versions") or {}
     parts = manifest.get("parts") or {}
@@ -235,6 +236,8 @@ def header(manifest: dict[str, Any], src: Path, rendered: str) -> list[str]:
                 f"{m.get('kernel', '?')}, CPython {m.get('python', '?')}.", "",
                 "**Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items())
                 + f"; fastrpc at `{commit}`.", ""]
+    elif made:
+        out += [*_render.machines(made), ""]
     out += ["Every benchmark runs fastrpc and its peers in the same run, on the same input, "
             "on asyncio and uvloop; ratios are peer ÷ fastrpc on the same loop and scenario "
             "(above 1×: fastrpc costs less). Medians of the repeats, ranges in parentheses. "
@@ -248,7 +251,7 @@ def render(src: Path, docs: Path, names: list[str], rendered: str) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     for s in made:
         _charts.draw(docs / s.png, s.charts)
-    text = _render.document(made, header(manifest, src, rendered), missing)
+    text = _render.document(made, header(manifest, src, rendered, made), missing)
     path = docs / "report.md"
     path.write_text(text + "\n")
     print(f"wrote {shown(path)} and {len(made)} charts", flush=True)
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="tiny durations and sizes, one repeat: a smoke test (~3 min)")
+                    help="tiny durations and sizes, one repeat: a smoke test (~3.5 min)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts, from: {', '.join(PARTS)}")
     ap.add_argument("--from-json", type=Path, metavar="DIR",
