@@ -101,6 +101,10 @@ def ratio(r: Data | None, base: Data | None, metric: str) -> float | None:
     return r[metric] / base[metric]
 
 
+def repeats_text(n: int, how: str) -> str:
+    return f"{n} repeats {how}: the median and (range)." if n > 1 else "one repeat."
+
+
 def harness_rows(data: Data, kind: str) -> dict[tuple[str, str, str], Data]:
     """The valid rows of a harness result (``load.py``, ``client_load.py``,
     ``fanout.py``) by (name, loop, scenario)."""
@@ -283,8 +287,8 @@ def load(data: Data) -> Section:
         notes=[f"Server CPU time (user + sys of the server process) per request answered "
                f"and checked, loopback, the load generator pinned to the other core; "
                f"{st['duration_s']:g} s measured per run after {st['warmup_s']:g} s of "
-               f"warm-up, {st['repeat']} repeats going round the servers: the median and "
-               "(range). Method: `benchmarks/README.md`, *Loopback load benchmark*."])
+               f"warm-up, {repeats_text(st['repeat'], 'going round the servers')} Method: "
+               "`benchmarks/README.md`, *Loopback load benchmark*."])
 
 
 def client(data: Data) -> Section:
@@ -297,9 +301,9 @@ def client(data: Data) -> Section:
         order=("fastrpc", "websockets", "web3", "web3-eth"),
         notes=[f"Client process CPU time per call answered and checked, against one fastrpc "
                f"server on {st['server_loop']} (pinned to the other core); the loop column is "
-               f"the client's. {st['duration_s']:g} s measured per run, {st['repeat']} "
-               "repeats: the median and (range). Method: `benchmarks/README.md`, *Client "
-               "load benchmark*."])
+               f"the client's. {st['duration_s']:g} s measured per run, "
+               f"{repeats_text(st['repeat'], 'going round the clients')} Method: "
+               "`benchmarks/README.md`, *Client load benchmark*."])
 
 
 def fanout(data: Data) -> Section:
@@ -331,8 +335,8 @@ def fanout(data: Data) -> Section:
         notes=[f"Server CPU time (user + sys) per notification delivered and checked by "
                f"every subscriber (real WebSocket connections in {st['workers']} other "
                f"processes); {per} per repeat, each publish waiting for the last to reach "
-               f"everyone, {st['repeat']} repeats going round the servers: the median and "
-               "(range). Method: `benchmarks/README.md`, *Fan-out benchmark*."],
+               f"everyone, {repeats_text(st['repeat'], 'going round the servers')} Method: "
+               "`benchmarks/README.md`, *Fan-out benchmark*."],
         absolute=absolute)
 
 

@@ -2,7 +2,7 @@
 ``docs/report.md`` and its charts.
 
     python -m benchmarks.report                        # the full run: about 19 minutes
-    python -m benchmarks.report --quick                # smoke test: tiny sizes, ~3.5 minutes
+    python -m benchmarks.report --quick                # smoke test: tiny sizes, 2-3.5 minutes
     python -m benchmarks.report --only memory,fanout   # some parts only
     python -m benchmarks.report --from-json benchmarks/results/report   # re-render only
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="tiny durations and sizes, one repeat: a smoke test (~3.5 min)")
+                    help="tiny durations and sizes, one repeat: a smoke test (2-3.5 min)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts, from: {', '.join(PARTS)}")
     ap.add_argument("--from-json", type=Path, metavar="DIR",
