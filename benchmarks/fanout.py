@@ -108,11 +108,10 @@ class FanoutServer:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._out:
             left = deadline - time.monotonic()
-            chunk = b""
-            if left > 0 and select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-            if not chunk:
-                why = "exited" if self.proc.poll() is not None or left > 0 else \
+            readable = left > 0 and bool(select.select([fd], [], [], left)[0])
+            chunk = os.read(fd, 4096) if readable else b""
+            if not chunk:  # end of file (it exited) or the deadline passed
+                why = "exited" if readable or self.proc.poll() is not None else \
                     f"silent for {timeout:g} s"
                 raise ConfigError(stage, f"server {why}: " + self.tail())
             self._out += chunk
@@ -133,8 +132,7 @@ class FanoutServer:
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise ConfigError(stage, "server exited: " + self.tail()) from None
-        words = self.line(timeout, stage).split()
-        return words
+        return self.line(timeout, stage).split()
 
     def start(self, args: argparse.Namespace, client_cpus: set[int] | None,
               logdir: Path) -> None:
