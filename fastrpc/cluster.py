@@ -51,6 +51,18 @@ Other answers of forwarded calls: no upstream connection within the pool's
 ``acquire_timeout`` → -32005 "server busy"; no reply within the pool's
 ``call_timeout`` → -32001. A notification (no id) to a forwarded method is sent as a
 call and its reply dropped.
+
+**Counters.** ``Forwarder.upstream_stats()``: forwarded calls by upstream URL and
+outcome (``UPSTREAM_OUTCOMES``). The method counters (``Dispatcher.method_stats``)
+count a forwarded call as the answer it got: a relayed result or error reply as
+success / error, -32005 "server busy" (answered here, or by a peer over its own soft
+limits) as refused, -32001 as timeout, -32007 as failure (``fastrpc.errors.ServerBusy``,
+``RequestTimedOut``, ``UpstreamLost``). The gateway
+forwards names it does not know: an upstream's -32601 counts as an unknown method of
+the dispatcher, and a name appears in ``method_stats`` only once an upstream has
+answered it (a result or an error other than -32601), so names clients make up never
+become entries (and past ``MAX_CACHED_NAMES`` distinct names, calls of names not
+cached are not counted per method at all).
 """
 from __future__ import annotations
 
@@ -62,16 +74,21 @@ from typing import Any, Callable, Collection, Iterable
 from urllib.parse import urlsplit
 
 from .errors import (
-    REQUEST_TIMEOUT,
+    METHOD_NOT_FOUND,
     SERVER_BUSY,
     SERVER_BUSY_MESSAGE,
     UPSTREAM_LOST,
     CallTimeout,
     ConnectionLost,
     InvalidParams,
+    InvalidReply,
+    MethodNotFound,
     NoHealthyEndpoint,
+    RequestTimedOut,
     RPCError,
+    ServerBusy,
     SubscriptionOverflow,
+    UpstreamLost,
 )
 from .isolation import HALF_OPEN, OPEN, Bulkhead
 from .jsonrpc import NO_PARAMS, decode, encode
@@ -127,6 +144,13 @@ MAX_CACHED_NAMES = 4096
 #: Bytes of a peer's /health answer the poller reads at most.
 MAX_HEALTH_BYTES = 64 * 1024
 
+#: Outcomes of ``Forwarder.upstream_stats()``, per upstream: ``ok`` a reply came back
+#: (a result, an error reply, or a reply that was not JSON-RPC: the method counts that
+#: one as a failure); ``busy`` answered -32005 here (no connection within the pool's
+#: ``acquire_timeout``, or no upstream free); ``lost`` -32007 (the connection dropped
+#: after sending); ``timeout`` -32001 (no reply within the pool's ``call_timeout``).
+UPSTREAM_OUTCOMES = ("ok", "busy", "lost", "timeout")
+
 
 def hop_headers() -> list[tuple[str, str]]:
     """The upgrade headers a forwarding pool connects with."""
@@ -181,17 +205,44 @@ def _service(name: str) -> Service:
     return Service(name, None)  # type: ignore[arg-type]
 
 
+def _refuse_busy(params: Any, transport: Any, cid: int) -> Any:
+    raise ServerBusy()
+
+
+#: The namespace of the methods answering -32005 at once (``_Routed.busy``).
+_BUSY_SERVICE = _service("")
+
+
+def _counted(m: Method) -> bool:
+    """An upstream answered a call of ``m`` (a result or an error reply)."""
+    s = m.stats()
+    return bool(s["success"] or s["error"])
+
+
 class _Routed(Method):
     """A forwardable method in the table (kind ROUTE): ``route(cid)`` picks the local
-    Method or the forwarding one for each call."""
+    Method, the forwarding one, or ``busy`` (answers -32005 at once) for each call.
+    The three count their calls; ``stats()`` is their sum, under the method's name."""
 
-    __slots__ = ("local", "remote", "forwarder")
+    __slots__ = ("local", "remote", "forwarder", "busy")
 
     def __init__(self, local: Method, remote: Method, forwarder: "Forwarder") -> None:
         super().__init__(local.name, None, local.service, kind=ROUTE)
         self.local = local
         self.remote = remote
         self.forwarder = forwarder
+        self.busy = Method(local.name, None, _BUSY_SERVICE, kind=0)
+        self.busy.invoke = _refuse_busy
+
+    def stats(self) -> dict[str, Any]:
+        out = self.local.stats()
+        for other in (self.remote.stats(), self.busy.stats()):
+            for k, v in other.items():
+                if k == "buckets":
+                    out[k] = [a + b for a, b in zip(out[k], v)]
+                else:
+                    out[k] += v
+        return out
 
     def route(self, cid: int) -> Method:
         f = self.forwarder
@@ -201,18 +252,9 @@ class _Routed(Method):
             # out of date), that is the cluster's busy.
             if bulkhead_full(self.local.bulkhead) or f.over_node_limits():
                 f.counters["busy"] += 1
-                return _BUSY
+                return self.busy
             return self.local
         return self.remote if f.should_forward(self.local, cid) else self.local
-
-
-def _refuse_busy(params: Any, transport: Any, cid: int) -> Any:
-    raise RPCError(SERVER_BUSY, SERVER_BUSY_MESSAGE)
-
-
-#: What a forwarded call finding its namespace full here runs: answers -32005 at once.
-_BUSY = Method("busy", None, _service(""), kind=0)
-_BUSY.invoke = _refuse_busy
 
 
 class Forwarder:
@@ -239,6 +281,13 @@ class Forwarder:
         self.always = when == "always"
         self.max_in_flight = max_in_flight
         self.counters = {"forwarded": 0, "busy": 0, "upstream_lost": 0}
+        # upstream_stats(): outcome counts per upstream URL (every URL of the pool from
+        # the start, "" once a call was refused before any upstream was tried).
+        self._upstreams: dict[str, dict[str, int]] = {
+            url: dict.fromkeys(UPSTREAM_OUTCOMES, 0) for url in pool.urls}
+        #: Forwarding names not served here (methods="*"): an upstream's -32601 is an
+        #: unknown method, not a call of a method (see the module docstring).
+        self.resolving = methods == "*"
         self.in_flight = 0  #: forwarded calls waiting for their upstream answer
         self._bulkheads: dict[str, Bulkhead] = {}
         self._cache: dict[str, Method] = {}
@@ -249,6 +298,7 @@ class Forwarder:
         registry = server.registry
         if methods == "*":
             server.dispatcher.resolve = self._resolve
+            server.dispatcher.resolved_methods = self.resolved_methods
             return
         if isinstance(methods, str):
             svc = registry.get_service(methods)
@@ -312,26 +362,69 @@ class Forwarder:
                 self._cache[name] = m
         return m
 
+    def resolved_methods(self) -> list[Method]:
+        """The methods ``_resolve`` keeps that an upstream has answered (the
+        dispatcher's ``resolved_methods``: what ``method_stats`` shows of them)."""
+        return [m for m in self._cache.values() if _counted(m)]
+
     async def call(self, method: str, params: Any) -> Any:
         """Send one call upstream; the answer, or an RPCError to answer with."""
         pool = self.pool
         if not self.always and pool.free() == 0:
             self.counters["busy"] += 1
-            raise RPCError(SERVER_BUSY, SERVER_BUSY_MESSAGE)
+            self._count("", "busy")
+            raise ServerBusy()
         self.counters["forwarded"] += 1
         self.in_flight += 1
+        trace: list[str] = []  # the upstreams tried, in order: the last one answered
+        outcome = None  # stays None if cancelled (the client left): no outcome
         try:
-            return await pool.call(method, params=params)
+            value = await pool.call(method, params=params, trace=trace)
+            outcome = "ok"
+            return value
+        except RPCError as e:
+            outcome = "ok"
+            # Relayed unchanged, byte for byte; two answers count as what they say: a
+            # peer's own "server busy" (the call ran nowhere) and, for names not served
+            # here, "method not found".
+            if e.code == SERVER_BUSY and e.message == SERVER_BUSY_MESSAGE and e.data is None:
+                raise ServerBusy() from None
+            if e.code == METHOD_NOT_FOUND and self.resolving:
+                raise MethodNotFound(e.code, e.message, e.data) from None
+            raise
+        except InvalidReply:
+            outcome = "ok"
+            raise
         except NoHealthyEndpoint:
+            outcome = "busy"
             self.counters["busy"] += 1
-            raise RPCError(SERVER_BUSY, SERVER_BUSY_MESSAGE) from None
+            raise ServerBusy() from None
         except ConnectionLost as e:
+            outcome = "lost"
             self.counters["upstream_lost"] += 1
-            raise RPCError(UPSTREAM_LOST, "upstream connection lost", {"sent": e.sent}) from None
+            raise UpstreamLost(e.sent) from None
         except CallTimeout:
-            raise RPCError(REQUEST_TIMEOUT, "request timed out") from None
+            outcome = "timeout"
+            raise RequestTimedOut() from None
         finally:
             self.in_flight -= 1
+            if outcome is not None:
+                self._count(trace[-1] if trace else "", outcome)
+
+    def _count(self, url: str, outcome: str) -> None:
+        d = self._upstreams.get(url)
+        if d is None:  # "" (or a URL the pool did not list at the start)
+            d = self._upstreams[url] = dict.fromkeys(UPSTREAM_OUTCOMES, 0)
+        d[outcome] += 1
+
+    def upstream_stats(self) -> dict[str, dict[str, int]]:
+        """Forwarded calls by upstream URL, then by outcome (``UPSTREAM_OUTCOMES``),
+        one outcome per call, counted on the upstream it was last sent to (an
+        idempotent call resent after a drop counts once, where it ended). Key ``""``:
+        calls answered -32005 before any upstream was tried (none free). Every URL of
+        the pool is present from the start. ``counters`` keeps the totals it always
+        had (``forwarded``, ``busy``, ``upstream_lost``)."""
+        return {url: dict(d) for url, d in self._upstreams.items()}
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -457,8 +550,10 @@ class Gateway(Server):
         self.registry.table.pop("rpc_modules", None)
         self.forwarder = self.forward("*", self.upstream, when="always", health_interval=health_interval)
         self.dispatcher.resolve = self._resolve
+        self.dispatcher.resolved_methods = self._resolved_methods
         if self._http is not None:
             self._http.dispatcher.resolve = self._resolve_http
+            self._http.dispatcher.resolved_methods = self._resolved_methods
         self._services: dict[str, Service] = {}
         self._special: dict[str, Method] = {}
         self._up: dict[tuple[str, bytes], _Upstream] = {}
@@ -483,6 +578,16 @@ class Gateway(Server):
                     self._special[name] = m
             return m
         return Forwarder._resolve(self.forwarder, name)
+
+    def _resolved_methods(self) -> list[Method]:
+        """What ``method_stats`` shows of the names the gateway resolves: forwarded
+        methods and ``<ns>_subscribe`` an upstream answered, and ``<ns>_unsubscribe``
+        of those namespaces (it is answered here: any name would do)."""
+        out = self.forwarder.resolved_methods()
+        subscribed = {m.service.name for m in self._special.values() if m.kind == ASYNC and _counted(m)}
+        out += [m for m in self._special.values()
+                if (m.kind == ASYNC and _counted(m)) or (m.kind == UNSUBSCRIBE and m.service.name in subscribed)]
+        return out
 
     def _resolve_http(self, name: str) -> Method | None:
         short = name.rpartition("_")[2]
@@ -530,10 +635,11 @@ class Gateway(Server):
             try:
                 await sub
             except RPCError as e:
-                up.ready.set_exception(RPCError(e.code, e.message, e.data))
+                cls = MethodNotFound if e.code == METHOD_NOT_FOUND else RPCError
+                up.ready.set_exception(cls(e.code, e.message, e.data))
                 return
             except (ConnectionLost, NoHealthyEndpoint):
-                up.ready.set_exception(RPCError(SERVER_BUSY, SERVER_BUSY_MESSAGE))
+                up.ready.set_exception(ServerBusy())
                 return
             up.ready.set_result(None)
             try:
@@ -554,7 +660,7 @@ class Gateway(Server):
             pass
         finally:
             if not up.ready.done():
-                up.ready.set_exception(RPCError(SERVER_BUSY, SERVER_BUSY_MESSAGE))
+                up.ready.set_exception(ServerBusy())
             if self._up.get((up.ns, encode(up.params))) is up:
                 del self._up[(up.ns, encode(up.params))]
             svc = self._services.get(up.ns)
@@ -630,6 +736,7 @@ __all__ = [
     "DEFAULT_IDEMPOTENT",
     "HEALTH_SCHEMA",
     "HOP_HEADER",
+    "UPSTREAM_OUTCOMES",
     "Forwarder",
     "Gateway",
     "HealthPoller",

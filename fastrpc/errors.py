@@ -110,13 +110,60 @@ MESSAGES: dict[int, str] = {
 
 
 class RPCError(FastRPCError):
-    """An application error a handler raises; sent to the client as the JSON-RPC error."""
+    """An application error a handler raises; sent to the client as the JSON-RPC error.
+
+    ``outcome`` names how the dispatcher's request counters count the call
+    (``Dispatcher.method_stats``): "error", an application error answer. The
+    subclasses below are answers fastrpc gives on a handler's behalf (cluster
+    forwarding) and count as what they are."""
+
+    #: "error", "failure", "timeout", "refused" or "unknown" (see the subclasses).
+    outcome = "error"
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.data = data
+
+
+class ServerBusy(RPCError):
+    """-32005 "server busy" (fastrpc.cluster): no peer could take the call, or a
+    forwarded call found this node over its soft limits. The call never ran: counted
+    "refused"."""
+
+    outcome = "refused"
+
+    def __init__(self) -> None:
+        super().__init__(SERVER_BUSY, SERVER_BUSY_MESSAGE)
+
+
+class RequestTimedOut(RPCError):
+    """-32001 "request timed out" for a forwarded call that got no upstream reply within
+    its pool's ``call_timeout``: counted "timeout"."""
+
+    outcome = "timeout"
+
+    def __init__(self) -> None:
+        super().__init__(REQUEST_TIMEOUT, MESSAGES[REQUEST_TIMEOUT])
+
+
+class UpstreamLost(RPCError):
+    """-32007 "upstream connection lost": a forwarded call's upstream connection dropped
+    after it was sent (data ``{"sent": true}``). No answer came: counted "failure"."""
+
+    outcome = "failure"
+
+    def __init__(self, sent: bool = True) -> None:
+        super().__init__(UPSTREAM_LOST, MESSAGES[UPSTREAM_LOST], {"sent": sent})
+
+
+class MethodNotFound(RPCError):
+    """-32601 relayed from an upstream (the gateway forwards names it does not know):
+    counted as an unknown method of the dispatcher, never per method, so names sent by
+    clients cannot grow the per-method counters."""
+
+    outcome = "unknown"
 
 
 class InvalidParams(RPCError):

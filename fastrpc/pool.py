@@ -338,11 +338,14 @@ class ClientPool:
 
     # --- calls ---------------------------------------------------------------------
 
-    async def call(self, method: str, *args: Any, params: Any = None, timeout: float | None = None) -> Any:
+    async def call(self, method: str, *args: Any, params: Any = None, timeout: float | None = None,
+                   trace: list[str] | None = None) -> Any:
         """Call ``method`` on the least busy healthy connection (params as in
         ``Client.call``). Raises ``RPCError``, ``CallTimeout``, ``ConnectionLost`` (the
         connection dropped mid-call and the method is not idempotent, or retries are
-        used up), ``NoHealthyEndpoint``."""
+        used up), ``NoHealthyEndpoint``. ``trace``: a list the endpoint URL of each
+        connection the call is sent on is appended to (a resend adds one more), so a
+        caller can tell which upstream gave the outcome (``fastrpc.cluster``)."""
         p = _params(args, params)
         t = self.options.call_timeout if timeout is None else timeout
         if t == float("inf"):
@@ -358,6 +361,8 @@ class ClientPool:
                 assert loop is not None
                 wait = min(wait, max(0.0, deadline - loop.time()))
             c = await self._acquire(wait, avoid)
+            if trace is not None:
+                trace.append(c.url)
             remaining = float("inf")
             if deadline is not None:
                 assert loop is not None and t is not None

@@ -91,6 +91,9 @@ class Subscriptions:
         #: subscriptions ended because send_many refused their subscriber (over its
         #: queue cap, or already gone)
         self.dropped_slow = 0
+        #: notifications written by ``publish``, one per subscriber reached (the -32004
+        #: notice of a dropped subscriber is counted by ``dropped_slow`` instead)
+        self.notifications_sent = 0
 
     # --- the built-in methods --------------------------------------------------------
 
@@ -147,7 +150,9 @@ class Subscriptions:
         if refused:
             for cid in refused:
                 self._drop_slow(channel, cid)
-        return len(cids) - len(refused)
+        sent = len(cids) - len(refused)
+        self.notifications_sent += sent
+        return sent
 
     def _drop_slow(self, channel: Channel, cid: int) -> None:
         if cid not in channel.cids:

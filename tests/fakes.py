@@ -147,3 +147,26 @@ def run(coro_fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         return await asyncio.wait_for(coro_fn(), timeout)
 
     return asyncio.run(bounded())
+
+
+# --- request counters ------------------------------------------------------------------
+
+#: The dispatcher counters of ``Dispatcher.metrics()`` (issue 11) that tests compare.
+COUNTER_KEYS = ("parse_errors", "invalid_requests", "unknown_methods", "batches",
+                "batch_buckets", "batch_sum", "notifications_sent")
+
+
+def counter_snapshot(dispatcher: Any) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
+    """What two dispatchers fed the same messages must agree on: per method the count
+    of each outcome and of the calls timed (``ran``: the bucket counts' total, which
+    the test checks against the outcomes that ran), and the dispatcher counters.
+    Durations themselves differ from run to run and are left out."""
+    methods: dict[str, dict[str, int]] = {}
+    for name, s in dispatcher.method_stats().items():
+        ran = sum(s["buckets"])
+        assert ran == s["success"] + s["error"] + s["failure"] + s["timeout"], (name, s)
+        assert ran or s["sum"] == 0, (name, s)  # refused calls have no duration
+        methods[name] = {k: v for k, v in s.items() if k not in ("buckets", "sum")}
+        methods[name]["ran"] = ran
+    m = dispatcher.metrics()
+    return methods, {k: m[k] for k in COUNTER_KEYS}

@@ -21,7 +21,10 @@ Prints ``listening on 127.0.0.1:PORT`` once it accepts connections. Methods:
 * topic ``feed.ticks``: ``{"node": name, "n": i}`` every 10 ms;
 * topic ``eth.ticks`` with the params of ``peers.py``'s (``count, early, interval``,
   ignored: one channel): ``{"node": name, "n": i}`` every 10 ms;
-* ``subs() -> int``: subscriptions open on this node (what a gateway in front holds).
+* ``subs() -> int``: subscriptions open on this node (what a gateway in front holds);
+* ``stats() -> {"methods", "upstreams", "counters"}``: the request counters
+  (``method_stats()``, the forwarder's ``upstream_stats()``, the dispatcher's
+  ``metrics()`` without its bulkheads).
 """
 from __future__ import annotations
 
@@ -48,6 +51,13 @@ async def main(args: argparse.Namespace) -> None:
     @server.method("subs")
     def subs() -> int:
         return int(server.dispatcher.subscriptions.count())
+
+    @server.method("stats")
+    def stats() -> dict[str, object]:
+        d = server.dispatcher
+        return {"methods": d.method_stats(),
+                "upstreams": server.forwarders[0].upstream_stats() if server.forwarders else {},
+                "counters": {k: v for k, v in d.metrics().items() if k != "services"}}
     name = args.name
     log = open(args.log, "a", buffering=1) if args.log else None
 

@@ -7,7 +7,8 @@
 * many client connections subscribed to one topic make ONE upstream subscription,
   fanned out by the gateway;
 * killing the upstream carrying it sends every subscriber the gap notice, and the
-  stream continues from the other upstream.
+  stream continues from the other upstream;
+* forwarded calls are counted per upstream and per method (issue 11).
 """
 from __future__ import annotations
 
@@ -66,9 +67,65 @@ def test_calls_relayed_with_the_clients_id_and_errors_unchanged(crun, rpc_server
                     raise AssertionError("drop answered")
                 assert state.calls == calls + 1  # sent once, never again
                 assert await c.call("echo", 1) == 1  # the pool reconnected
+            # The request counters (issue 11): one outcome per forwarded call, per upstream;
+            # per method only names the upstream answered: "nope" (its -32601) is an
+            # unknown method, and "drop" (no answer ever came) is not shown either.
+            url = f"ws://127.0.0.1:{port}/"
+            assert gw.forwarder.upstream_stats() == {url: {"ok": 8, "busy": 0, "lost": 1, "timeout": 0}}
+            stats = gw.dispatcher.method_stats()
+            assert {k: {o: n for o, n in v.items() if o not in ("buckets", "sum") and n}
+                    for k, v in stats.items()} == {
+                "add": {"success": 4}, "echo": {"success": 2}, "fail": {"error": 1}}
+            assert gw.dispatcher.metrics()["unknown_methods"] == 1
+            assert gw.forwarder.counters == {"forwarded": 9, "busy": 0, "upstream_lost": 1}
             await gw.stop()  # its upstream pool is a client: closed before the leak check
         finally:
             await stop()
+
+    crun(body(), 60)
+
+
+def test_forwarded_timeouts_invalid_replies_and_busy_counted(crun, rpc_server):
+    """The outcomes a reply does not give: the pool's call timeout (-32001), a reply
+    that is not JSON-RPC (-32603; the upstream did answer), no upstream at all (-32005)."""
+    async def body():
+        state = peers.PeerState()
+        port, stop = await peers.start_websockets(state)
+        stopped = False
+        try:
+            gw = await rpc_server(Gateway([f"ws://127.0.0.1:{port}/"], pool_size=1, pool_options={
+                "call_timeout": 0.3, "acquire_timeout": 0.3, "backoff_initial": 0.05, "backoff_max": 0.2}))
+            async with Client(f"ws://127.0.0.1:{gw.port}/") as c:
+                assert await c.call("sleep", 0) == 0
+                for code, method, args in ((-32001, "sleep", (5,)), (-32603, "bad_shape", ()),
+                                           (-32603, "bad_shape", ())):
+                    try:
+                        await c.call(method, *args)
+                    except RPCError as e:
+                        assert e.code == code, e
+                    else:
+                        raise AssertionError(f"{method} answered")
+                await stop()
+                stopped = True
+                for _ in range(2):
+                    try:
+                        await c.call("sleep", 0)
+                    except RPCError as e:
+                        assert (e.code, e.message) == (-32005, "server busy"), e
+                    else:
+                        raise AssertionError("answered with no upstream")
+            url = f"ws://127.0.0.1:{port}/"
+            ups = gw.forwarder.upstream_stats()
+            assert ups == {url: {"ok": 3, "busy": 0, "lost": 0, "timeout": 1},
+                           "": {"ok": 0, "busy": 2, "lost": 0, "timeout": 0}}, ups
+            stats = gw.dispatcher.method_stats()
+            assert {k: {o: n for o, n in v.items() if o not in ("buckets", "sum") and n}
+                    for k, v in stats.items()} == {"sleep": {"success": 1, "timeout": 1, "refused": 2}}
+            assert stats["sleep"]["sum"] >= 0.3  # the timed-out call waited its call_timeout
+            await gw.stop()
+        finally:
+            if not stopped:
+                await stop()
 
     crun(body(), 60)
 

@@ -4,7 +4,8 @@ The compiled entry answers the common shape itself and hands everything else to 
 Python path, so the two must produce the same bytes for every message; these tests
 check that (a fixed corpus plus hypothesis-generated requests), that the fast path is
 really taken for the shape it claims, and that ``result_reply`` is ``orjson.dumps`` of
-the reply dict byte for byte.
+the reply dict byte for byte. Both paths also count every call the same way
+(``counter_snapshot``: outcomes per method, dispatcher counters).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fastrpc.dispatch import Dispatcher
 from fastrpc.errors import RPCError
 from fastrpc.isolation import Bulkhead
 from fastrpc.service import SYNC, Context, Method, Registry
-from fakes import FakeTransport
+from fakes import FakeTransport, counter_snapshot
 
 
 class Counting(Dispatcher):
@@ -155,6 +156,7 @@ def test_corpus_same_bytes(caplog):
     with caplog.at_level(logging.CRITICAL, logger="fastrpc.dispatch"):
         for data in CORPUS:
             assert a.on_message(7, data) == b.on_message_py(7, data), data
+            assert counter_snapshot(a) == counter_snapshot(b), data
     ma, mb = a.registry.lookup("t_boom"), b.registry.lookup("t_boom")
     assert (ma.bulkhead.state, ma.bulkhead.failure_count) == (mb.bulkhead.state, mb.bulkhead.failure_count)
     assert ma.bulkhead.state != 0  # the corpus drove the breaker open
@@ -166,6 +168,10 @@ def test_common_shape_stays_compiled(data, caplog):
     with caplog.at_level(logging.CRITICAL, logger="fastrpc.dispatch"):
         assert a.on_message(7, data) == b.on_message_py(7, data)
     assert a.fallbacks == 0
+    # counted once, by the compiled call, as the Python path counts it
+    (name, stats), = counter_snapshot(a)[0].items()
+    assert sum(stats[k] for k in ("success", "error", "failure", "timeout", "refused")) == 1
+    assert counter_snapshot(a) == counter_snapshot(b)
 
 
 @pytest.mark.parametrize("data", [
@@ -249,6 +255,7 @@ def test_generated_same_bytes(messages):
         for msg in messages:
             data = orjson.dumps(msg)
             assert a.on_message(7, data) == b.on_message_py(7, data), data
+        assert counter_snapshot(a) == counter_snapshot(b), messages
     finally:
         logging.getLogger("fastrpc.dispatch").disabled = False
 
@@ -375,6 +382,7 @@ def test_mutated_layouts_same_bytes(template, edits):
     logging.getLogger("fastrpc.dispatch").disabled = True
     try:
         assert a.on_message(7, bytes(data)) == b.on_message_py(7, bytes(data)), bytes(data)
+        assert counter_snapshot(a) == counter_snapshot(b), bytes(data)
     finally:
         logging.getLogger("fastrpc.dispatch").disabled = False
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 
-from fakes import FakeTransport, run
+from fakes import FakeTransport, counter_snapshot, run
 from transcript_services import (
     TranscriptError,
     load_transcript,
@@ -32,11 +33,9 @@ def test_there_are_transcripts():
     assert len(FILES) >= 30
 
 
-# "compiled": Dispatcher.on_message (fastrpc._fastcall); "python": the pure-Python path
-# it falls back to, which must follow the same transcripts on its own.
-@pytest.mark.parametrize("entry", ["compiled", "python"])
-@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(p)[:-4] for p in FILES])
-def test_transcript(path, entry):
+def play(path: str, entry: str) -> tuple[Any, Any]:
+    """Play one transcript through ``entry``; returns the dispatcher's counters at the end
+    (``counter_snapshot``)."""
     exchanges = load_transcript(path)
     name = os.path.basename(path)
 
@@ -61,11 +60,31 @@ def test_transcript(path, entry):
                 got += [data for cid, data in t.sent if cid == CID]
                 problem = match_replies(ex.replies, got, bindings)
                 assert problem is None, f"{name}:{ex.line}: {ex.request}\n{problem}"
+            return counter_snapshot(d)
         finally:
             await d.aclose()
             d.registry.close()
 
-    run(main, timeout=30)
+    return run(main, timeout=30)
+
+
+# "compiled": Dispatcher.on_message (fastrpc._fastcall); "python": the pure-Python path
+# it falls back to, which must follow the same transcripts on its own.
+@pytest.mark.parametrize("entry", ["compiled", "python"])
+@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(p)[:-4] for p in FILES])
+def test_transcript(path, entry):
+    play(path, entry)
+
+
+# The request counters (issue 11) of both paths after the same transcript: each call
+# counted once, under the same outcome, whichever path answered it.
+@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(p)[:-4] for p in FILES])
+def test_transcript_counters_same_on_both_paths(path):
+    compiled, python = play(path, "compiled"), play(path, "python")
+    assert compiled == python
+    methods, counters = compiled
+    # every transcript sends something: it is counted somewhere
+    assert methods or any(v for k, v in counters.items() if k != "batch_buckets"), "nothing counted"
 
 
 class TestFormat:
