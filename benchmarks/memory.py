@@ -48,7 +48,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "benchmarks" / "memory_client.py"
@@ -238,9 +238,19 @@ def settle(server: ServerProc, stage: str, args: argparse.Namespace,
 # -- client workers -------------------------------------------------------------------------
 
 class Workers:
-    """The client processes, driven by line commands (see ``memory_client.py``)."""
+    """The client processes, driven by line commands (see ``memory_client.py``):
+    ``args.workers`` of them (one 127.0.0.x source address each) sharing ``n``
+    connections and ``args.concurrency``; ``client`` and its ``client_args`` are another
+    worker script's (``fanout.py``: ``fanout_client.py``), ``pin`` sets their CPUs."""
 
-    def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path) -> None:
+    def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path,
+                 client: Path = CLIENT, client_args: Sequence[str] | None = None,
+                 pin: Callable[[], None] | None = None, lifetime: float | None = None
+                 ) -> None:
+        """``lifetime``: seconds after which a worker exits whatever happens (default
+        ``args.timeout`` + 60; a worker also exits when this process goes away)."""
+        if client_args is None:
+            client_args = ("--size", str(args.size))
         count = min(args.workers, n)
         per, extra = divmod(n, count)
         conc = max(1, args.concurrency // count)
@@ -253,15 +263,20 @@ class Workers:
             c = per + (i < extra)
             log = logdir / f"client-{i}.log"
             self.logs.append(log)
-            cmd = [sys.executable, str(CLIENT), "--port", str(port), "--count", str(c),
+            cmd = [sys.executable, str(client), "--port", str(port), "--count", str(c),
                    "--first", str(first), "--source", f"127.0.0.{2 + i}",
-                   "--concurrency", str(conc), "--size", str(args.size),
+                   "--concurrency", str(conc), *client_args,
                    "--phase-timeout", str(max(5.0, args.timeout / 3)),
-                   "--lifetime", str(args.timeout + 60)]
+                   "--lifetime", str(lifetime or args.timeout + 60)]
+
+            def setup() -> None:
+                _die_with_parent()
+                if pin is not None:
+                    pin()
+
             with open(log, "wb") as err:
                 p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=err, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     stderr=err, start_new_session=True, preexec_fn=setup)
             os.set_blocking(p.stdout.fileno(), False)  # type: ignore[union-attr]
             self.sel.register(p.stdout, selectors.EVENT_READ, i)  # type: ignore[arg-type]
             self.bufs[i] = b""
@@ -316,7 +331,10 @@ class Workers:
                 p.wait()
             for f in (p.stdin, p.stdout):
                 if f is not None:
-                    f.close()
+                    try:
+                        f.close()
+                    except BrokenPipeError:  # a worker that died before reading it all
+                        pass
         self.sel.close()
 
 
@@ -472,6 +490,16 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         out["fastrpc"] = "?"
     return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
 
 
 def _b(v: float | None) -> str:
@@ -641,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/memory.py", *shown]),
-        "versions": versions(), "cpus": os.cpu_count(), "rlimit_nofile": hard,
+        "versions": versions(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+        "rlimit_nofile": hard,
         "malloc_arena_max": args.malloc_arena_max, "hold": args.hold, "workers": args.workers,
         "concurrency": args.concurrency, "size": args.size, "timeout": args.timeout,
         "settle": {"window_s": args.settle_window, "tolerance_bytes": args.settle_tolerance,

@@ -84,6 +84,16 @@ class Conn:
 
 
 class Worker:
+    """The connect / touch / status / close phases. ``fanout_client.py`` subclasses it:
+    its touch phase subscribes (``touch_message`` and ``check_touch_reply``) and it
+    counts the notifications that follow (``on_message``)."""
+
+    #: The upgrade request's extension offer: permessage-deflate, as browsers send it.
+    OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    #: The events the connect and touch phases end with.
+    EVENTS = {"connect": "connected", "touch": "touched"}
+    conn_class = Conn
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args
         self.ep = select.epoll()
@@ -153,7 +163,7 @@ class Worker:
                 self.errors[f"connect: {os.strerror(rc)}"] += 1
                 self.failed += 1
                 continue
-            c = Conn(sock, idx)
+            c = self.conn_class(sock, idx)
             c.t0 = time.monotonic()
             self.conns[c.fd] = c
             self.in_flight += 1
@@ -172,8 +182,8 @@ class Worker:
             b"Connection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\n"
             b"Sec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-            b"\r\n" % (self.a.host.encode(), self.a.port, key)
+            b"%s"
+            b"\r\n" % (self.a.host.encode(), self.a.port, key, self.OFFER)
         )
         c.state = UPGRADING
         self.ep.modify(c.fd, select.EPOLLIN)
@@ -221,18 +231,29 @@ class Worker:
             c = self.todo.popleft()
             if c.state != OPEN:
                 continue
-            c.expect = message(c.idx, self.a.size)
+            c.expect = self.touch_message(c)
             c.state = TOUCHING
             c.t0 = time.monotonic()
             self.in_flight += 1
             self.send(c, client_frame(OP_TEXT, c.expect))
 
+    def touch_message(self, c: Conn) -> bytes:
+        """The text message the touch phase sends on ``c``."""
+        return message(c.idx, self.a.size)
+
+    def check_touch_reply(self, c: Conn, opcode: int, payload: bytes) -> str:
+        """Why the reply to ``c.expect`` is wrong ("" when it is right)."""
+        if opcode != OP_TEXT or payload != c.expect:
+            return "echo differs from the message sent"
+        return ""
+
     def on_message(self, c: Conn, opcode: int, payload: bytes) -> None:
         if c.state != TOUCHING:
             self.errors["unexpected message"] += 1
             return
-        if opcode != OP_TEXT or payload != c.expect:
-            self.fail(c, "echo differs from the message sent")
+        why = self.check_touch_reply(c, opcode, payload)
+        if why:
+            self.fail(c, why)
             return
         c.state = OPEN
         c.expect = b""
@@ -363,7 +384,7 @@ class Worker:
     def check_phase_done(self) -> None:
         if not self.phase or self.todo or self.in_flight:
             return
-        self.emit(event="connected" if self.phase == "connect" else "touched",
+        self.emit(event=self.EVENTS[self.phase],
                   ok=self.ok, failed=self.failed,
                   seconds=round(time.monotonic() - self.phase_t0, 3),
                   deflate=self.deflate, dropped=self.dropped, pings=self.pings,
@@ -429,8 +450,9 @@ class Worker:
             self.check_phase_done()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The worker's options (``fanout_client.py`` adds its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--source", default="127.0.0.2", help="local address to bind")
@@ -441,9 +463,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=200, help="touch message payload, bytes")
     p.add_argument("--phase-timeout", type=float, default=120.0)
     p.add_argument("--lifetime", type=float, default=600.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def raise_nofile() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    raise_nofile()
     Worker(args).run()
     return 0
 

@@ -1,305 +1,310 @@
-"""Run the frame benchmarks and write ``benchmarks/results/frames.md``.
+"""The published comparison (issue 11 §4): every benchmark in one go, then
+``docs/report.md`` and its charts.
 
-    python benchmarks/report.py                      # run, then write the report
-    python benchmarks/report.py --from-json F.json   # report an existing run
+    python -m benchmarks.report                        # the full run: about 19 minutes
+    python -m benchmarks.report --quick                # smoke test: tiny sizes, 2-3.5 minutes
+    python -m benchmarks.report --only memory,fanout   # some parts only
+    python -m benchmarks.report --from-json benchmarks/results/report   # re-render only
 
-The report has one table per benchmark group with mean, median and min times and
-the ratio of each peer to fastrpc (peer time / fastrpc time: above 1× means
-fastrpc is faster), the issue-2 targets with a verdict, and the exact command.
+(``python benchmarks/report.py ...`` is the same.) The parts, each its own script run as
+a subprocess that writes its ``--json`` (and its own ``--markdown``) into ``--out``:
+
+* ``micro``: ``bench_frames.py`` + ``bench_dispatch.py`` under pytest-benchmark, with
+  ``--benchmark-json`` (rendered here, its per-round timings dropped) and ``--benchmark-save`` into
+  ``--out``/pytest-benchmark, for ``--benchmark-compare`` against this run later;
+* ``load``: ``load.py`` (server CPU per request; fastrpc, websockets, aiohttp, picows);
+* ``memory``: ``memory.py`` (RSS per idle connection, N = 19,000);
+* ``client``: ``client_load.py`` (client CPU per call; fastrpc.Client, websockets, web3.py);
+* ``fanout``: ``fanout.py`` (server CPU per delivered notification, 1,000 and 10,000
+  subscribers; fastrpc, websockets' ``broadcast()``, picows).
+
+All on asyncio and uvloop. Then ``--docs``/report.md: the machine, the versions, this
+command, a summary of the ratios, and per part a chart (``--docs``/<part>.png) and a
+table with the ratios first, then the medians and their repeats. ``report.json`` in
+``--out`` records what ran, how long each part took and its exit status. A part that
+fails is reported as such; the others still render. The exit status is 1 if any part
+failed or had an invalid run.
+
+``--quick`` writes to ``build/report-quick/`` (and its ``docs/``) unless ``--out`` /
+``--docs`` say otherwise, so a smoke test never overwrites the published report.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
-import os
 import shlex
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_JSON = RESULTS / "frames.json.tmp"  # raw pytest-benchmark output; not committed
-DEFAULT_OUT = RESULTS / "frames.md"
-BENCH_FILE = "benchmarks/bench_frames.py"
+if not __package__:  # run as a script: import the package this file belongs to
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
 
-# Per-benchmark budget: the whole run stays well under 3 minutes.
-MAX_TIME_S = "0.8"
-MIN_ROUNDS = "20"
+from benchmarks import _charts, _harness as h, _render  # noqa: E402
 
-BASELINE = "fastrpc"
-TIE = 0.03  # a median ratio within 3% of 1× is reported as a tie, not a win or a loss
-
-GROUPS: dict[str, str] = {
-    "parse-1000x100B-one-buffer":
-        "1,000 masked 100-byte text frames (server role), one 106,000-byte buffer fed at "
-        "once; each implementation hands back 1,000 messages.",
-    "parse-1000x100B-1400B-chunks":
-        "The same 106,000 bytes fed in 1,400-byte chunks (76 feeds), as a TCP stream "
-        "delivers them: frames straddle chunk boundaries.",
-    "parse-1x1MiB-one-buffer":
-        "One masked 1 MiB binary frame fed at once: the unmask path inside each parser "
-        "(the only way to time picows' mask, which is not exposed to Python).",
-    "unmask-1MiB":
-        "XOR 1 MiB with a 4-byte key. Like-for-like entries return a new unmasked buffer; "
-        "aiohttp-inplace mutates a preallocated bytearray (no output buffer) and "
-        "copy-floor only copies (no XOR): both shown for reference, not in the target.",
-    "unmask-100B":
-        "The same on 100 bytes: per-call overhead (argument parsing, buffer acquisition, "
-        "allocation) rather than bandwidth. Not part of the issue-2 target.",
-    "encode-100B-server":
-        "One 100-byte text frame, server role (unmasked), returned as bytes.",
-    "encode-100B-client":
-        "One 100-byte text frame, client role (masked with a fresh key), returned as bytes.",
-}
-
-NOTES = """\
-## What each entry runs
-
-* **fastrpc**: `fastrpc._core` (`FrameParser.feed`, `apply_mask`, `encode_frame`).
-  `FrameParser` validates UTF-8 of text messages and assembles fragments.
-* **websockets**: the sans-I/O *frame-level* parser, `websockets.frames.Frame.parse`
-  driven by `websockets.streams.StreamReader` exactly as `Protocol.parse` drives it
-  (no UTF-8 validation, no fragment assembly). The issue-2 parsing target is
-  measured against this entry. **websockets-protocol** is the full sans-I/O
-  `ServerProtocol.receive_data` + `events_received`, for context.
-  Unmasking: `websockets.speedups.apply_mask` (C). Encoding: `Frame(...).serialize()`.
-* **aiohttp**: the compiled `aiohttp._websocket.reader_c.WebSocketReader` feeding a
-  `WebSocketDataQueue`, `decode_text=True` (validates UTF-8, yields `str`; its default);
-  **aiohttp-bytes** is `decode_text=False` (bytes, no UTF-8 check). Unmasking:
-  `aiohttp._websocket.helpers.websocket_mask` (the Cython `_websocket_mask_cython`),
-  in place on a bytearray; **aiohttp** copies into a new bytearray first (what its
-  reader does), **aiohttp-inplace** does not. Encoding:
-  `WebSocketWriter._write_websocket_frame` into a stub transport (sync, no event loop).
-* **picows**: exposes **no sans-I/O frame parser** (the parser lives inside
-  `picows.picows.WSProtocol`) and no mask function. Parsing is measured by driving
-  `WSProtocol.get_buffer`/`buffer_updated` over a stub transport after a real upgrade
-  handshake, so its time includes copying the input into its read buffer (what a
-  socket read does; fastrpc's equivalent copy is not timed); the listener takes
-  `get_payload_as_bytes()` so every parser hands out owned bytes. picows does not
-  validate UTF-8 while parsing. Encoding: `WSTransport.send` into a stub transport.
-
-Reading `unmask-1MiB`: at 1 MiB the work is bound by memory bandwidth, not by the XOR.
-Any unmask that returns a new buffer reads 1 MiB and writes 1 MiB, so it cannot beat
-`copy-floor` (a plain copy); fastrpc and websockets both run at that floor, and their
-order flips from run to run by a few percent. Only `aiohttp-inplace` is faster,
-because it writes no second buffer. Inside the parser, fastrpc already combines
-unmasking with the one copy it has to make anyway (from the read buffer into the
-payload `bytes`). `unmask-100B` measures per-call overhead instead.
-
-Every implementation's output is checked once (all 1,000 payloads in order, the
-exact 1 MiB, a frame decoded per RFC 6455) before it is timed. Parsers get fresh
-per-connection state before every round (untimed). The heap that exists before
-timing is moved to the GC's permanent generation (`gc.freeze()`), so collections
-still run but do not scan the imported libraries.
-"""
+ROOT = h.ROOT
+DEFAULT_OUT = Path("benchmarks/results/report")
+DEFAULT_DOCS = Path("docs")
+QUICK_OUT = Path("build/report-quick")
+MANIFEST = "report.json"
+#: the versions the report names (the machine's, at render time for a new run)
+DISTS = ("fastrpc", "websockets", "aiohttp", "picows", "uvloop", "web3", "orjson",
+         "aiofastnet", "pytest-benchmark", "matplotlib")
+WAIT_QUIET_S = "10"  # per measured run of the full report: a shared machine settles
 
 
-def _fmt_time(seconds: float, unit: str) -> str:
-    scale = {"ns": 1e9, "µs": 1e6, "ms": 1e3}[unit]
-    v = seconds * scale
-    return f"{v:,.1f} {unit}" if v < 1000 else f"{v:,.0f} {unit}"
+@dataclass(frozen=True)
+class Part:
+    name: str
+    stem: str                                  # its JSON is <stem>.json in --out
+    full: Callable[[Path], list[str]]          # the command, after "python"
+    quick: Callable[[Path], list[str]]
+    estimate_s: int  # the full run's seconds on a quiet 2-core machine (see the README)
 
 
-def _unit_for(seconds: float) -> str:
-    if seconds < 1e-6:
-        return "ns"
-    if seconds < 1e-3:
-        return "µs"
-    return "ms"
+def _micro(out: Path, max_time: str, min_rounds: str, save: bool = True) -> list[str]:
+    saving = [f"--benchmark-storage=file://{out / 'pytest-benchmark'}",
+              "--benchmark-save=report"] if save else []
+    return ["-m", "pytest", "benchmarks/bench_frames.py", "benchmarks/bench_dispatch.py",
+            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out / 'micro.json'}",
+            *saving, f"--benchmark-max-time={max_time}", f"--benchmark-min-rounds={min_rounds}"]
 
 
-def _ratio(peer: float, base: float) -> str:
-    r = peer / base
-    return f"{r:.1f}×" if r >= 1.95 else f"{r:.2f}×"
+def drop_rounds(path: Path) -> None:
+    """Drop every round's timing from a ``--benchmark-json`` file (megabytes of them; the
+    report reads the statistics, and the saved run keeps no rounds either)."""
+    data = load_json(path)
+    if data is None:
+        return
+    for b in data.get("benchmarks", []):
+        b.get("stats", {}).pop("data", None)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def bench_command(json_path: Path, max_time: str, min_rounds: str) -> list[str]:
-    try:
-        shown = json_path.relative_to(ROOT)
-    except ValueError:
-        shown = json_path
-    return [
-        "python", "-m", "pytest", BENCH_FILE, "-q", "-p", "no:cacheprovider",
-        f"--benchmark-json={shown}",
-        f"--benchmark-max-time={max_time}",
-        f"--benchmark-min-rounds={min_rounds}",
-    ]
-
-
-def run_benchmarks(json_path: Path, max_time: str, min_rounds: str) -> list[str]:
-    cmd = bench_command(json_path, max_time, min_rounds)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    print("$", shlex.join(cmd), flush=True)
-    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark run failed (exit {proc.returncode})")
+def _script(name: str, stem: str, *opts: str) -> Callable[[Path], list[str]]:
+    def cmd(out: Path) -> list[str]:
+        return [f"benchmarks/{name}", *opts, "--json", str(out / f"{stem}.json"),
+                "--markdown", str(out / f"{stem}.md")]
     return cmd
 
 
-def _versions() -> str:
-    parts = []
-    for dist in ("websockets", "aiohttp", "picows", "pytest-benchmark", "Cython"):
+LOOPS = ("--loops", "asyncio,uvloop")
+PARTS: dict[str, Part] = {p.name: p for p in (
+    Part("micro", "micro", lambda o: _micro(o, "0.8", "20"), lambda o: _micro(o, "0.01", "3"),
+         90),
+    Part("load", "load",
+         _script("load.py", "load", "--servers", "fastrpc,websockets,aiohttp,picows", *LOOPS,
+                 "--scenarios", "b,c", "--duration", "3", "--repeat", "3",
+                 "--wait-quiet", WAIT_QUIET_S),
+         _script("load.py", "load", "--servers", "fastrpc,websockets,aiohttp,picows", *LOOPS,
+                 "--scenarios", "b,c", "--duration", "0.3", "--warmup", "0.2"), 250),
+    Part("memory", "memory",
+         _script("memory.py", "memory", "--servers",
+                 "fastrpc,websockets,websockets-nocomp,aiohttp,picows", *LOOPS, "--n", "19000"),
+         _script("memory.py", "memory", "--servers", "fastrpc,websockets,aiohttp,picows",
+                 *LOOPS, "--n", "200", "--no-reserve-probe", "--settle-window", "0.5",
+                 "--settle-max", "2"), 250),
+    Part("client", "client_load",
+         _script("client_load.py", "client_load", "--clients", "fastrpc,websockets,web3",
+                 *LOOPS, "--duration", "3", "--repeat", "3", "--wait-quiet", WAIT_QUIET_S),
+         _script("client_load.py", "client_load", "--clients", "fastrpc,websockets,web3",
+                 *LOOPS, "--duration", "0.3", "--warmup", "0.2"), 220),
+    Part("fanout", "fanout",
+         _script("fanout.py", "fanout", "--n", "1000,10000", *LOOPS, "--repeat", "3",
+                 "--wait-quiet", WAIT_QUIET_S),
+         _script("fanout.py", "fanout", "--n", "200", *LOOPS, "--publishes", "30",
+                 "--repeat", "1", "--warmup", "1"), 330),
+)}
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository root when it is inside it."""
+    try:
+        return path.resolve().relative_to(ROOT)
+    except ValueError:
+        return path
+
+
+# -- running --------------------------------------------------------------------------------
+
+def run_parts(names: list[str], out: Path, quick: bool) -> dict[str, Any]:
+    """Run every part in turn; what ran, its exit status and wall time."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan = sum(PARTS[n].estimate_s for n in names)
+    print(f"parts: {', '.join(names)}" + ("" if quick else f"; about {plan / 60:.0f} min"),
+          flush=True)
+    done: dict[str, Any] = {}
+    for name in names:
+        part = PARTS[name]
+        args = (part.quick if quick else part.full)(shown(out))
+        cmd = ["python", *args]
+        print(f"\n=== {name}: {shlex.join(cmd)}", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.run([sys.executable, *args], cwd=ROOT, env=h.child_env()).returncode
+        done[name] = {"command": shlex.join(cmd), "exit": rc,
+                      "wall_s": round(time.monotonic() - t0, 1), "json": f"{part.stem}.json"}
+        if name == "micro":
+            drop_rounds(out / "micro.json")
+            saved = sorted((out / "pytest-benchmark").glob("*/*_report.json"))
+            done[name]["saved"] = str(shown(saved[-1])) if saved else None
+        print(f"=== {name}: exit {rc} after {done[name]['wall_s']:.0f} s", flush=True)
+    return done
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for d in DISTS:
         try:
-            parts.append(f"{dist} {metadata.version(dist)}")
+            out[d] = metadata.version(d)
         except metadata.PackageNotFoundError:
-            parts.append(f"{dist} (not installed)")
-    return ", ".join(parts)
+            out[d] = "not installed"
+    return out
 
 
-def _by_group(data: dict) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for b in data["benchmarks"]:
-        groups.setdefault(b["group"], []).append(b)
-    for rows in groups.values():
-        rows.sort(key=lambda b: b["stats"]["mean"])
-    return groups
+# -- rendering -------------------------------------------------------------------------------
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def _find(rows: list[dict], impl: str) -> dict | None:
-    return next((b for b in rows if b["extra_info"].get("impl") == impl), None)
-
-
-def _targets(groups: dict[str, list[dict]]) -> list[str]:
-    lines = [
-        "| Target (issue 2) | Group | Measured (mean) | Measured (median) | Met |",
-        "|---|---|---|---|---|",
-    ]
-    for g in ("parse-1000x100B-one-buffer", "parse-1000x100B-1400B-chunks"):
-        rows = groups.get(g)
-        base = rows and _find(rows, BASELINE)
-        peer = rows and _find(rows, "websockets")
-        if not (base and peer):
+def sections(src: Path, names: list[str], manifest: dict[str, Any]
+             ) -> tuple[list[_render.Section], list[str]]:
+    """The sections of the parts whose JSON is in ``src``; notes for those missing."""
+    made, missing = [], []
+    ran = manifest.get("parts", {})
+    for name in names:
+        part = PARTS[name]
+        data = load_json(src / f"{part.stem}.json")
+        info = ran.get(name, {})
+        if data is None:
+            why = (f"exited with status {info['exit']}" if "exit" in info
+                   else f"no `{part.stem}.json` in `{shown(src)}`")
+            missing.append(f"**{name}**: not in this report ({why}).")
             continue
-        rm = peer["stats"]["mean"] / base["stats"]["mean"]
-        rd = peer["stats"]["median"] / base["stats"]["median"]
-        met = "**yes**" if min(rm, rd) >= 5 else "**no**"
-        lines.append(
-            f"| small-frame parsing ≥ 5× faster than websockets' frame parser | `{g}` | "
-            f"websockets / fastrpc = {rm:.1f}× | {rd:.1f}× | {met} |"
-        )
-    rows = groups.get("unmask-1MiB")
-    base = rows and _find(rows, BASELINE)
-    if base:
-        peers = [b for b in rows if b is not base and b["extra_info"].get("like_for_like")]
-        if peers:
-            fastest = min(peers, key=lambda b: b["stats"]["median"])
-            name = fastest["extra_info"]["impl"]
-            rm = fastest["stats"]["mean"] / base["stats"]["mean"]
-            rd = fastest["stats"]["median"] / base["stats"]["median"]
-            if min(rm, rd) >= 1.0:
-                met = "**yes**"
-            elif rd >= 1.0 - TIE:
-                met = f"**tie** (median within {TIE:.0%}; the mean differs by scheduler outliers)" \
-                    if rm < 1.0 else f"**tie** (within {TIE:.0%})"
-            else:
-                met = "**no**"
-            lines.append(
-                f"| unmasking at least as fast as the fastest peer (like-for-like) | "
-                f"`unmask-1MiB` | {name} / fastrpc = {rm:.2f}× | {rd:.2f}× | {met} |"
-            )
-        for ref, what in (("aiohttp-inplace", "aiohttp in place (writes no output buffer)"),
-                          ("copy-floor", "a plain 1 MiB copy, no XOR (the floor)")):
-            b = _find(rows, ref)
-            if b:
-                rm = b["stats"]["mean"] / base["stats"]["mean"]
-                rd = b["stats"]["median"] / base["stats"]["median"]
-                lines.append(f"| (reference) vs {what} | `unmask-1MiB` | "
-                             f"{ref} / fastrpc = {rm:.2f}× | {rd:.2f}× | — |")
-    lines.append("")
-    lines.append("Ratios are peer time / fastrpc time (above 1× means fastrpc is faster). "
-                 "A target counts as met when both the mean and the median ratio meet it "
-                 "(the median is shown because means on a shared VM carry millisecond "
-                 f"scheduler outliers); a tie is a median within {TIE:.0%}.")
-    return lines
+        if name == "micro":
+            storage = str(shown(src / "pytest-benchmark"))
+            command = info.get("command")
+            if command is None and data.get("benchmarks"):
+                # no manifest: the part's command with the options this run recorded
+                opts = data["benchmarks"][0].get("options", {})
+                command = shlex.join(["python", *_micro(
+                    shown(src), str(opts.get("max_time")), str(opts.get("min_rounds")),
+                    save=(src / "pytest-benchmark").exists())])
+            made.append(_render.micro(data, command, info.get("saved"),
+                                      storage if (src / "pytest-benchmark").exists() else None))
+        else:
+            made.append(getattr(_render, name)(data))
+        if info.get("exit"):
+            missing.append(f"**{name}** exited with status {info['exit']}: some of its runs "
+                           f"failed or were invalid (its section lists them).")
+    return made, missing
 
 
-def render(data: dict, cmd: list[str] | None, json_path: Path) -> str:
-    groups = _by_group(data)
-    mi = data.get("machine_info", {})
-    ci = data.get("commit_info", {})
-    cpu = mi.get("cpu", {})
-    opts = data["benchmarks"][0]["options"] if data["benchmarks"] else {}
-    out = [
-        "# Frame-layer benchmarks: fastrpc vs websockets, aiohttp, picows",
-        "",
-        f"Generated by `python benchmarks/report.py` from a run at {data.get('datetime', '?')}.",
-        "",
-    ]
-    if cmd:
-        out += ["The benchmarks were run (from the repository root) with:", "", "```",
-                shlex.join(cmd), "```", ""]
+def header(manifest: dict[str, Any], src: Path, rendered: str,
+           made: list[_render.Section]) -> list[str]:
+    m = manifest.get("machine") or {}
+    v = manifest.get("versions") or {}
+    parts = manifest.get("parts") or {}
+    out = ["# fastrpc against its peers: the published comparison", ""]
+    if manifest.get("command"):
+        total = sum(p["wall_s"] for p in parts.values())
+        out += [f"One run of the command below at {manifest.get('generated', '?')}, "
+                f"{total / 60:.1f} minutes in all ("
+                + ", ".join(f"{k} {p['wall_s']:.0f} s" for k, p in parts.items()) + "):",
+                "", "```sh", manifest["command"], "```", ""]
+        if manifest.get("quick"):
+            out += ["> **A `--quick` smoke test**: tiny durations and sizes, one repeat. "
+                    "Its figures show that every part runs, not what it measures.", ""]
     else:
-        out += [f"Read from an existing JSON file, `{json_path}`, whose runs used "
-                f"max_time={opts.get('max_time')} s, min_rounds={opts.get('min_rounds')}. "
-                "To reproduce:", "", "```",
-                shlex.join(bench_command(json_path, str(opts.get('max_time', MAX_TIME_S)),
-                                         str(opts.get('min_rounds', MIN_ROUNDS)))),
-                "```", ""]
-    out += [
-        f"Environment: {cpu.get('brand_raw', '?')} ({cpu.get('count', '?')} CPUs, "
-        f"{cpu.get('hz_advertised_friendly', '?')}), {mi.get('system', '')} "
-        f"{mi.get('release', '')}, {mi.get('python_implementation', '')} "
-        f"{mi.get('python_version', '')}; {_versions()}; fastrpc at commit "
-        f"`{str(ci.get('id', '?'))[:12]}`{' (with uncommitted changes)' if ci.get('dirty') else ''}. "
-        f"Timer {opts.get('timer', '?')}, GC enabled during timing: "
-        f"{'no' if opts.get('disable_gc') else 'yes'}.",
-        "",
-        "## Targets",
-        "",
-        *_targets(groups),
-        "",
-    ]
-    ordered = [g for g in GROUPS if g in groups] + sorted(g for g in groups if g not in GROUPS)
-    for g in ordered:
-        rows = groups[g]
-        base = _find(rows, BASELINE)
-        unit = _unit_for(base["stats"]["median"] if base else rows[0]["stats"]["median"])
-        out += [f"## `{g}`", "", GROUPS.get(g, ""), "",
-                "| Implementation | What runs | Mean | Median | Min | Rounds | "
-                "peer / fastrpc (mean) | (median) |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for b in rows:
-            s, ex = b["stats"], b["extra_info"]
-            impl = ex.get("impl", b["name"])
-            if base is None or b is base:
-                rm = rd = "—" if b is base else "n/a"
-            else:
-                rm = f"{impl} / fastrpc = {_ratio(s['mean'], base['stats']['mean'])}"
-                rd = _ratio(s["median"], base["stats"]["median"])
-            name = f"**{impl}**" if impl == BASELINE else impl
-            out.append(
-                f"| {name} | {ex.get('variant', '')} | {_fmt_time(s['mean'], unit)} | "
-                f"{_fmt_time(s['median'], unit)} | {_fmt_time(s['min'], unit)} | "
-                f"{s['rounds'] * s.get('iterations', 1):,} | {rm} | {rd} |"
-            )
-        out.append("")
-    out.append(NOTES)
-    return "\n".join(out)
+        out += [f"Rendered with `{rendered}` from the results in `{shown(src)}`: each "
+                "part's own run, made separately (each section names its command, commit and "
+                "machine). `python -m benchmarks.report` runs them all in one go.", ""]
+    if m:
+        commit = str(m.get("commit", "?"))[:12] + (" (with uncommitted changes)"
+                                                   if m.get("dirty") else "")
+        out += [f"**Machine**: {m.get('cpu', '?')}, {m.get('cpus', '?')} cores, Linux "
+                f"{m.get('kernel', '?')}, CPython {m.get('python', '?')}.", "",
+                "**Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items())
+                + f"; fastrpc at `{commit}`.", ""]
+    elif made:
+        out += [*_render.machines(made), ""]
+    out += ["Every benchmark runs fastrpc and its peers in the same run, on the same input, "
+            "on asyncio and uvloop; ratios are peer ÷ fastrpc on the same loop and scenario "
+            "(above 1×: fastrpc costs less). Medians of the repeats, ranges in parentheses. "
+            "Tests never assert on speed: these figures come only from `benchmarks/`."]
+    return out
 
+
+def render(src: Path, docs: Path, names: list[str], rendered: str) -> Path:
+    manifest = load_json(src / MANIFEST) or {}
+    made, missing = sections(src, names, manifest)
+    docs.mkdir(parents=True, exist_ok=True)
+    for s in made:
+        _charts.draw(docs / s.png, s.charts)
+    text = _render.document(made, header(manifest, src, rendered, made), missing)
+    path = docs / "report.md"
+    path.write_text(text + "\n")
+    print(f"wrote {shown(path)} and {len(made)} charts", flush=True)
+    return path
+
+
+# -- the command line -------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from-json", type=Path, help="report an existing pytest-benchmark JSON")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                    help=f"where the run writes its JSON (default {DEFAULT_JSON.relative_to(ROOT)})")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--max-time", default=MAX_TIME_S, help="--benchmark-max-time per benchmark")
-    ap.add_argument("--min-rounds", default=MIN_ROUNDS, help="--benchmark-min-rounds")
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny durations and sizes, one repeat: a smoke test (2-3.5 min)")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts, from: {', '.join(PARTS)}")
+    ap.add_argument("--from-json", type=Path, metavar="DIR",
+                    help="render the JSON already in DIR (a report's --out, or "
+                         "benchmarks/results); run nothing")
+    ap.add_argument("--out", type=Path, help=f"the parts' JSON and Markdown (default "
+                    f"{DEFAULT_OUT}; --quick: {QUICK_OUT})")
+    ap.add_argument("--docs", type=Path, help=f"report.md and the charts (default "
+                    f"{DEFAULT_DOCS}; --quick: {QUICK_OUT / 'docs'})")
     args = ap.parse_args(argv)
-
+    names = [n for n in args.only.split(",") if n]
+    bad = [n for n in names if n not in PARTS]
+    if bad or not names or len(set(names)) != len(names):
+        ap.error(f"--only: distinct parts from {', '.join(PARTS)}")
+    names = [n for n in PARTS if n in names]  # always in the report's order
+    base = QUICK_OUT if args.quick else DEFAULT_OUT
+    out = args.out or base
+    docs = args.docs or (QUICK_OUT / "docs" if args.quick else DEFAULT_DOCS)
+    out, docs = (p if p.is_absolute() else ROOT / p for p in (out, docs))
+    command = shlex.join(["python", "-m", "benchmarks.report", *argv])
     if args.from_json:
-        json_path, cmd = args.from_json, None
-    else:
-        json_path = args.json if args.json.is_absolute() else (ROOT / args.json)
-        cmd = run_benchmarks(json_path, args.max_time, args.min_rounds)
-    data = json.loads(Path(json_path).read_text())
-    text = render(data, cmd, Path(json_path))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(f"wrote {os.path.relpath(args.out, Path.cwd())}")
-    return 0
+        src = args.from_json if args.from_json.is_absolute() else Path.cwd() / args.from_json
+        if not src.is_dir():
+            ap.error(f"--from-json: {args.from_json} is not a directory")
+        render(src, docs, names, command)
+        return 0
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    env = h.environment()
+    parts = run_parts(names, out, args.quick)
+    manifest = {
+        "generated": started, "command": command, "quick": args.quick,
+        "machine": {k: env[k] for k in ("cpu", "cpus", "kernel", "python", "commit", "dirty")},
+        "versions": versions(), "parts": parts,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    render(out, docs, names, command)
+    failed = [n for n, p in parts.items() if p["exit"]]
+    for n in failed:
+        print(f"part {n} exited with status {parts[n]['exit']}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

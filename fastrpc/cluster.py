@@ -61,7 +61,8 @@ limits) as refused, -32001 as timeout, -32007 as failure (``fastrpc.errors.Serve
 forwards names it does not know: an upstream's -32601 counts as an unknown method of
 the dispatcher, and a name appears in ``method_stats`` only once an upstream has
 answered it (a result or an error other than -32601), so names clients make up never
-become entries.
+become entries (and past ``MAX_CACHED_NAMES`` distinct names, calls of names not
+cached are not counted per method at all).
 """
 from __future__ import annotations
 
