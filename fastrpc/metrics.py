@@ -108,7 +108,7 @@ def snapshot(server: Server) -> Samples:
     put("fastrpc_rpc_requests_in_flight", r.inflight_total)
     d = server.dispatcher
     if d is not None:
-        _rpc(out, d)
+        _rpc(out, d, server._http.dispatcher if server._http is not None else None)
 
     in_flight = 0
     for fwd in server.forwarders:
@@ -138,11 +138,19 @@ def snapshot(server: Server) -> Samples:
     return out
 
 
-def _rpc(out: Samples, d: Any) -> None:
-    """The dispatcher's figures: per method, rejects, batches, subscriptions, namespaces."""
+def _rpc(out: Samples, d: Any, http: Any) -> None:
+    """The dispatchers' figures: per method, rejects, batches, subscriptions, namespaces.
+    ``http``: the JSON-RPC-over-HTTP dispatcher (None: not served). The per-method
+    counters live on the methods, shared by both; rejects and batches are each
+    dispatcher's own, added up here."""
     from .dispatch import BATCH_BUCKETS, DURATION_BUCKETS
 
     m = d.metrics()
+    if http is not None:
+        h = http.metrics()
+        m = dict(m, batch_buckets=[a + b for a, b in zip(m["batch_buckets"], h["batch_buckets"])],
+                 batch_sum=m["batch_sum"] + h["batch_sum"],
+                 **{k: m[k] + h[k] for k in RPC_REJECT_REASONS.values()})
     requests = out["fastrpc_rpc_requests_total"]
     durations = out["fastrpc_rpc_request_duration_seconds"]
     for method, s in sorted(d.method_stats().items()):

@@ -288,3 +288,22 @@ def test_forwarded_calls_by_upstream(run, rpc_server):
         assert value(up, "fastrpc_rpc_requests_total", method="eth_blockNumber", outcome="success") == 4
 
     run(body())
+
+
+def test_http_posts_count_with_the_websocket_ones(run, rpc_server):
+    async def body() -> None:
+        srv = await rpc_server(build())
+        ok = orjson.dumps([{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"},
+                           {"jsonrpc": "2.0", "id": 2, "method": "eth_nope"}])
+        for payload in (ok, b"{not json"):
+            req = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(payload)) + payload
+            assert (await http_request(srv.port, req)).status == 200
+        p = page((await scrape(srv)).body.decode())
+        assert value(p, "fastrpc_rpc_requests_total", method="eth_blockNumber", outcome="success") == 1
+        assert value(p, "fastrpc_rpc_rejected_total", reason="unknown_method") == 1
+        assert value(p, "fastrpc_rpc_rejected_total", reason="parse_error") == 1
+        assert value(p, "fastrpc_rpc_batch_size_count") == 1
+        assert value(p, "fastrpc_http_rpc_requests_total") == 2
+
+    run(body())
