@@ -264,3 +264,28 @@ def test_gateway_command_with_workers(crun, tmp_path):
             await stop()
 
     crun(body(), 60)
+
+
+def test_subscribe_names_from_the_network_leave_nothing_behind(crun, rpc_server):
+    """``<ns>_subscribe`` for namespaces the upstream does not have: each is refused with
+    the upstream's answer, and no namespace, topic or upstream subscription stays in the
+    gateway (the names come from the network: kept, they would grow without bound)."""
+    async def body():
+        state = peers.PeerState()
+        port, stop = await peers.start_websockets(state)
+        try:
+            gw = await rpc_server(_gateway([f"ws://127.0.0.1:{port}/"]))
+            async with Client(f"ws://127.0.0.1:{gw.port}/") as c:
+                for i in range(300):
+                    try:
+                        await c.call(f"junk{i}_subscribe", "newHeads")
+                    except RPCError as e:
+                        assert e.code in (-32601, -32602), e
+                    else:
+                        raise AssertionError("an unknown namespace subscribed")
+            assert gw._services == {} and gw._up == {}
+            assert gw.upstream_subscriptions() == 0
+        finally:
+            await stop()
+
+    crun(body())
