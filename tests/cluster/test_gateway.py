@@ -140,7 +140,10 @@ def test_one_upstream_subscription_fans_out_and_survives_a_kill(crun, rpc_server
         try:
             gw = await rpc_server(_gateway([peer_url, node.url]))
             url = f"ws://127.0.0.1:{gw.port}/"
-            clients = [Client(url) for _ in range(N_SUBSCRIBERS)]
+            # A consumer stops reading once it saw its gap and 3 more ticks; the buffer keeps
+            # its subscription alive until the end however slow the machine (the default
+            # 1,024 ticks last 51 s, and an overflow unsubscribes).
+            clients = [Client(url, subscription_buffer=100_000) for _ in range(N_SUBSCRIBERS)]
             await asyncio.gather(*(c.connect() for c in clients))
             params = ("ticks", 10**6, 0, 0.05)
             subs = await asyncio.gather(*(c.subscribe("eth", *params) for c in clients[:10]))
