@@ -1,16 +1,22 @@
-"""What the load benchmarks (``load.py``, ``client_load.py``, ``http_load.py``) share:
-/proc sampling, the server processes, CPU pinning, the repeats going round the
-configurations and their median/range combination, the environment, the report's
-common lines and Markdown cells, and the command-line plumbing (``--wait-quiet``,
-``--json``/``--markdown``/``--from-json``, the checks of list options and ranges)."""
+"""What the benchmarks share. For the load benchmarks (``load.py``, ``client_load.py``,
+``http_load.py``): /proc sampling, the server processes, CPU pinning, the repeats going
+round the configurations and their median/range combination, the environment, the
+report's common lines and Markdown cells, and the command-line plumbing
+(``--wait-quiet``, ``--json``/``--markdown``/``--from-json``, the checks of list options
+and ranges). For the benchmarks that hold many connections (``memory.py``,
+``fanout.py``, ``soak.py``): the client processes driven by line commands
+(``LineWorkers``), how connections are shared out over them, and children that die
+with this process."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import json
 import os
 import platform
 import select
+import selectors
 import shlex
 import signal
 import socket
@@ -108,7 +114,7 @@ def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     return {cpus[-1]}, set(cpus[:-1])
 
 
-def pinned(cpus: set[int] | None):
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
     if cpus is None:
         return None
     return lambda: os.sched_setaffinity(0, cpus)
@@ -180,6 +186,48 @@ class ServerProcess:
                 if ln.strip() and not ln.startswith("listening on")]
 
 
+def read_status(pid: int) -> dict[str, int]:
+    """``VmRSS``, ``RssAnon``, ``RssFile``, ``RssShmem`` of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def tail(path: Path, lines: int = 6) -> str:
+    """The last ``lines`` lines of a log, joined with `` | `` ("" when unreadable)."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM it when this script dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def child_setup(pin: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A ``preexec_fn``: ``die_with_parent``, then ``pin`` (``pinned(cpus)``) if given."""
+    if pin is None:
+        return die_with_parent
+
+    def setup() -> None:
+        die_with_parent()
+        pin()
+    return setup
+
+
 def readline(proc: subprocess.Popen, timeout: float) -> str:
     r, _, _ = select.select([proc.stdout], [], [], timeout)
     return proc.stdout.readline().strip() if r else ""
@@ -228,6 +276,131 @@ def tree_state(path: Path, *dirs: str) -> dict[str, Any]:
     return {"path": str(path), "commit": git("rev-parse", "HEAD"),
             "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--", *dirs))}
+
+
+# -- client processes driven by line commands -------------------------------------------------
+
+class StageError(Exception):
+    """A run cannot go on; ``stage`` says where it stopped."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+def shares(n: int, k: int) -> list[tuple[int, int]]:
+    """``n`` connections over at most ``k`` workers: (index of the first, count) each,
+    the counts differing by at most one."""
+    k = max(1, min(k, n))
+    per, extra = divmod(n, k)
+    out, first = [], 0
+    for i in range(k):
+        c = per + (i < extra)
+        out.append((first, c))
+        first += c
+    return out
+
+
+class LineWorkers:
+    """Client processes driven by lines: one command per line on their stdin, one JSON
+    object per line on their stdout (``memory_client.py``, ``soak_client.py``); stderr
+    goes to a log per worker, quoted when one exits early. A worker exits after its
+    ``last_event``: an exit before it is an error. ``pin`` runs in each worker before
+    exec (``pinned(cpus)``: its CPUs)."""
+
+    def __init__(self, cmds: Sequence[Sequence[str]], logdir: Path,
+                 env: dict[str, str] | None = None, last_event: str = "closed",
+                 pin: Callable[[], None] | None = None) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        self.bufs: dict[int, bytes] = {}
+        self.last_event = last_event
+        self.finished: set[int] = set()  # workers that reported their last event
+        self.sel = selectors.DefaultSelector()
+        for i, cmd in enumerate(cmds):
+            log = logdir / f"client-{i}.log"
+            self.logs.append(log)
+            with open(log, "wb") as err:
+                p = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=err, env=env, start_new_session=True,
+                                     preexec_fn=child_setup(pin))
+            os.set_blocking(p.stdout.fileno(), False)  # type: ignore[union-attr]
+            self.sel.register(p.stdout, selectors.EVENT_READ, i)  # type: ignore[arg-type]
+            self.bufs[i] = b""
+            self.procs.append(p)
+
+    def command(self, line: str) -> None:
+        """Send ``line`` to every worker (one that already exited is skipped)."""
+        for p in self.procs:
+            try:
+                p.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
+                p.stdin.flush()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
+
+    def events(self, timeout: float, stage: str) -> list[tuple[int, dict[str, Any]]]:
+        """The objects the workers wrote within ``timeout`` seconds, as (worker, object);
+        StageError if one exited."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        for key, _ in self.sel.select(max(0.0, timeout)):
+            i = key.data
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.sel.unregister(key.fileobj)
+                if i in self.finished:
+                    continue
+                raise StageError(stage, f"client worker {i} exited: "
+                                        f"{tail(self.logs[i]) or '(no output)'}")
+            self.bufs[i] += chunk
+            while b"\n" in self.bufs[i]:
+                line, self.bufs[i] = self.bufs[i].split(b"\n", 1)
+                obj = json.loads(line)
+                if obj.get("event") == self.last_event:
+                    self.finished.add(i)
+                out.append((i, obj))
+        return out
+
+    def wait(self, event: str, stage: str, deadline: float) -> list[dict[str, Any]]:
+        """One ``event`` object from every worker, in worker order."""
+        got: dict[int, dict[str, Any]] = {}
+        while len(got) < len(self.procs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StageError(stage, f"client workers did not report {event!r} in time "
+                                        f"({len(got)}/{len(self.procs)} did)")
+            for i, obj in self.events(min(left, 1.0), stage):
+                if obj.get("event") == event:
+                    got[i] = obj
+        return [got[i] for i in range(len(self.procs))]
+
+    def close(self, command: str = "close", event: str = "closed", timeout: float = 20.0) -> None:
+        """``command`` to every worker, wait (bounded) for its ``event``, reap them all."""
+        self.command(command)
+        try:
+            self.wait(event, "close", time.monotonic() + timeout)
+        except StageError:
+            pass
+        self.reap()
+
+    def reap(self) -> None:
+        """Wait (5 s each) for every worker to exit, killing those that do not."""
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    try:
+                        f.close()
+                    except BrokenPipeError:  # a worker that died before reading it all
+                        pass
+        self.sel.close()
 
 
 # -- the runs ---------------------------------------------------------------------------------

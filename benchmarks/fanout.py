@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
-from _harness import (NOISY_CORES, ROOT, child_env, cpu_plan, free_port, machine_busy_s,
-                      pinned, proc_cpu_s, proc_runtime_s, proc_user_sys_s)
-from memory import ConfigError, Workers, _die_with_parent
+from _harness import (NOISY_CORES, ROOT, child_env, child_setup, cpu_plan, free_port,
+                      machine_busy_s, pinned, proc_cpu_s, proc_runtime_s, proc_user_sys_s,
+                      tail)
+from memory import ConfigError, Workers
 
 sys.path.insert(1, str(ROOT / "benchmarks" / "peers"))
 from _fanout import head, notification  # noqa: E402
@@ -83,15 +84,10 @@ class FanoutServer:
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, spec.script, "--port", str(self.port), "--loop", loop,
                "--max-connections", str(n + 16), *spec.extra]
-
-        def setup() -> None:
-            _die_with_parent()
-            if cpus is not None:
-                os.sched_setaffinity(0, cpus)
-
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log,
-                                     start_new_session=True, preexec_fn=setup)
+                                     start_new_session=True,
+                                     preexec_fn=child_setup(pinned(cpus)))
         self._out = b""  # read from its stdout, not yet a whole line
         self.seq = 0  # the next publish: its subscribers expect 0, 1, 2, ... in order
         self.workers: Workers | None = None
@@ -119,11 +115,7 @@ class FanoutServer:
         return line.decode(errors="replace").strip()
 
     def tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-6:]) or "(no output)"
+        return tail(self.log_path) or "(no output)"
 
     def command(self, cmd: str, timeout: float, stage: str) -> list[str]:
         assert self.proc.stdin is not None

@@ -34,8 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _harness import proc_cpu_s  # noqa: E402
-from memory import read_status  # noqa: E402
+from _harness import proc_cpu_s, read_status  # noqa: E402
 
 import fastrpc.client  # noqa: E402
 from fastrpc import Client  # noqa: E402

@@ -31,13 +31,11 @@ with the reason; every configuration is bounded by ``--timeout`` seconds.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import json
 import os
 import platform
 import resource
-import selectors
 import shlex
 import signal
 import socket
@@ -49,6 +47,9 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from _harness import LineWorkers, die_with_parent, read_status, shares, tail
+from _harness import StageError as ConfigError  # this configuration cannot be measured
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "benchmarks" / "memory_client.py"
@@ -71,24 +72,6 @@ START_TIMEOUT = 30.0  # s for a server to listen
 STOP_GRACE = 10.0     # s between SIGTERM and SIGKILL
 POLL = 0.25           # s between RSS samples
 TCP_LISTEN = "0A"     # socket state in /proc/net/tcp
-PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
-
-
-def _die_with_parent() -> None:
-    """In a child, before exec: SIGTERM it when this script dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-class ConfigError(Exception):
-    """This configuration cannot be measured; ``stage`` says where it stopped."""
-
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(f"{stage}: {reason}")
-        self.stage = stage
-        self.reason = reason
 
 
 @dataclass
@@ -119,17 +102,6 @@ class Result:
 
 # -- the server process ----------------------------------------------------------------
 
-def read_status(pid: int) -> dict[str, int]:
-    """``VmRSS``, ``RssAnon``, ``RssFile``, ``RssShmem`` of a process, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 def socket_inodes(pid: int) -> set[str]:
     inodes = set()
     fd_dir = f"/proc/{pid}/fd"
@@ -159,14 +131,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tail(path: Path, lines: int = 6) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
 class ServerProc:
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.cmd = cmd
@@ -174,7 +138,7 @@ class ServerProc:
         self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def pid(self) -> int:
@@ -237,11 +201,11 @@ def settle(server: ServerProc, stage: str, args: argparse.Namespace,
 
 # -- client workers -------------------------------------------------------------------------
 
-class Workers:
-    """The client processes, driven by line commands (see ``memory_client.py``):
-    ``args.workers`` of them (one 127.0.0.x source address each) sharing ``n``
-    connections and ``args.concurrency``; ``client`` and its ``client_args`` are another
-    worker script's (``fanout.py``: ``fanout_client.py``), ``pin`` sets their CPUs."""
+class Workers(LineWorkers):
+    """The client processes (see ``memory_client.py``): ``n`` connections shared out
+    over ``--workers`` of them, each from its own 127.0.0.x address, sharing
+    ``args.concurrency``. ``client`` and its ``client_args`` are another worker script's
+    (``fanout.py``: ``fanout_client.py``); ``pin`` (``_harness.pinned``) sets their CPUs."""
 
     def __init__(self, port: int, n: int, args: argparse.Namespace, logdir: Path,
                  client: Path = CLIENT, client_args: Sequence[str] | None = None,
@@ -251,91 +215,15 @@ class Workers:
         ``args.timeout`` + 60; a worker also exits when this process goes away)."""
         if client_args is None:
             client_args = ("--size", str(args.size))
-        count = min(args.workers, n)
-        per, extra = divmod(n, count)
-        conc = max(1, args.concurrency // count)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-        self.bufs: dict[int, bytes] = {}
-        self.sel = selectors.DefaultSelector()
-        first = 0
-        for i in range(count):
-            c = per + (i < extra)
-            log = logdir / f"client-{i}.log"
-            self.logs.append(log)
-            cmd = [sys.executable, str(client), "--port", str(port), "--count", str(c),
-                   "--first", str(first), "--source", f"127.0.0.{2 + i}",
-                   "--concurrency", str(conc), *client_args,
-                   "--phase-timeout", str(max(5.0, args.timeout / 3)),
-                   "--lifetime", str(lifetime or args.timeout + 60)]
-
-            def setup() -> None:
-                _die_with_parent()
-                if pin is not None:
-                    pin()
-
-            with open(log, "wb") as err:
-                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=err, start_new_session=True, preexec_fn=setup)
-            os.set_blocking(p.stdout.fileno(), False)  # type: ignore[union-attr]
-            self.sel.register(p.stdout, selectors.EVENT_READ, i)  # type: ignore[arg-type]
-            self.bufs[i] = b""
-            self.procs.append(p)
-            first += c
-
-    def command(self, line: str) -> None:
-        for p in self.procs:
-            try:
-                p.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
-                p.stdin.flush()  # type: ignore[union-attr]
-            except BrokenPipeError:
-                pass
-
-    def wait(self, event: str, stage: str, deadline: float) -> list[dict[str, Any]]:
-        """One ``event`` object from every worker, in worker order."""
-        got: dict[int, dict[str, Any]] = {}
-        while len(got) < len(self.procs):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ConfigError(stage, f"client workers did not report {event!r} in time "
-                                         f"({len(got)}/{len(self.procs)} did)")
-            for key, _ in self.sel.select(min(left, 1.0)):
-                i = key.data
-                try:
-                    chunk = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    self.sel.unregister(key.fileobj)
-                    raise ConfigError(stage, f"client worker {i} exited: "
-                                             f"{tail(self.logs[i]) or '(no output)'}")
-                self.bufs[i] += chunk
-                while b"\n" in self.bufs[i]:
-                    line, self.bufs[i] = self.bufs[i].split(b"\n", 1)
-                    obj = json.loads(line)
-                    if obj.get("event") == event:
-                        got[i] = obj
-        return [got[i] for i in range(len(self.procs))]
-
-    def close(self) -> None:
-        self.command("close")
-        try:
-            self.wait("closed", "close", time.monotonic() + 20)
-        except ConfigError:
-            pass
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    try:
-                        f.close()
-                    except BrokenPipeError:  # a worker that died before reading it all
-                        pass
-        self.sel.close()
+        parts = shares(n, args.workers)
+        conc = max(1, args.concurrency // len(parts))
+        super().__init__([
+            [sys.executable, str(client), "--port", str(port), "--count", str(c),
+             "--first", str(first), "--source", f"127.0.0.{2 + i}",
+             "--concurrency", str(conc), *client_args,
+             "--phase-timeout", str(max(5.0, args.timeout / 3)),
+             "--lifetime", str(lifetime or args.timeout + 60)]
+            for i, (first, c) in enumerate(parts)], logdir, pin=pin)
 
 
 def merge(reports: list[dict[str, Any]]) -> tuple[int, int, str]:

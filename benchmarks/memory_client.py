@@ -30,6 +30,8 @@ line on stdout.
   socket, ``{"event": "closed"}``, exit.
 
 Every phase is bounded by ``--phase-timeout``, the whole process by ``--lifetime``.
+
+``Worker`` is also the base of ``fanout_client.py`` and ``soak_client.py``.
 """
 from __future__ import annotations
 
@@ -86,13 +88,17 @@ class Conn:
 class Worker:
     """The connect / touch / status / close phases. ``fanout_client.py`` subclasses it:
     its touch phase subscribes (``touch_message`` and ``check_touch_reply``) and it
-    counts the notifications that follow (``on_message``)."""
+    counts the notifications that follow (``on_message``). ``soak_client.py`` overrides
+    ``conn_class`` (more state per connection), ``opened`` (a connection's 101 arrived),
+    ``on_message``, ``on_close_frame``, ``lost``, ``command`` and ``tick`` (once per turn
+    of the loop, every ``poll_s`` at most)."""
 
     #: The upgrade request's extension offer: permessage-deflate, as browsers send it.
     OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
     #: The events the connect and touch phases end with.
     EVENTS = {"connect": "connected", "touch": "touched"}
-    conn_class = Conn
+    conn_class: type[Conn] = Conn
+    poll_s = 0.5  # longest wait in epoll before tick() runs again
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.a = args
@@ -213,9 +219,14 @@ class Worker:
         c.state = OPEN
         self.in_flight -= 1
         self.ok += 1
-        if c.buf:
+        self.opened(c)
+        if c.buf and c.state == OPEN:
             self.on_frames(c)
         self.fill_connect()
+
+    def opened(self, c: Conn) -> None:
+        """``c``'s upgrade succeeded (it is OPEN); frames that came with the 101 are
+        parsed next."""
 
     # -- touch phase ----------------------------------------------------------------
     def start_touch(self) -> None:
@@ -293,8 +304,8 @@ class Worker:
             elif opcode == OP_PONG:
                 pass
             elif opcode == OP_CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                self.lost(c, f"closed by the server ({code})")
+                self.on_close_frame(c, int.from_bytes(payload[:2], "big")
+                                    if len(payload) >= 2 else 1005)
                 return
             elif opcode in (OP_TEXT, OP_BIN, OP_CONT):
                 if opcode != OP_CONT:
@@ -315,6 +326,11 @@ class Worker:
                 self.fail(c, f"opcode {opcode} from the server")
                 return
         del buf[:pos]
+
+    def on_close_frame(self, c: Conn, code: int) -> None:
+        """The server sent a close frame: a loss here (this client closes only on its
+        way out, without waiting for the answer)."""
+        self.lost(c, f"closed by the server ({code})")
 
     # -- I/O ------------------------------------------------------------------------
     def send(self, c: Conn, data: bytes) -> None:
@@ -425,12 +441,22 @@ class Worker:
         elif line:
             self.emit(event="error", reason=f"unknown command {line!r}")
 
+    def tick(self, now: float) -> None:
+        """Once per turn of the loop: start what the phase allows, time out what is
+        late, report a finished phase."""
+        if self.phase == "connect":
+            self.fill_connect()
+        elif self.phase == "touch":
+            self.fill_touch()
+        self.check_timeouts(now)
+        self.check_phase_done()
+
     def run(self) -> None:
         self.ep.register(self.stdin, select.EPOLLIN)
         self.emit(event="ready")
         deadline = time.monotonic() + self.a.lifetime
         while not self.quit and time.monotonic() < deadline:
-            for fd, ev in self.ep.poll(0.5):
+            for fd, ev in self.ep.poll(self.poll_s):
                 if fd == self.stdin:
                     chunk = os.read(self.stdin, 4096)
                     if not chunk:  # the parent went away
@@ -442,12 +468,7 @@ class Worker:
                         self.command(line.decode().strip())
                 else:
                     self.on_event(fd, ev)
-            if self.phase == "connect":
-                self.fill_connect()
-            elif self.phase == "touch":
-                self.fill_touch()
-            self.check_timeouts(time.monotonic())
-            self.check_phase_done()
+            self.tick(time.monotonic())
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -567,7 +567,9 @@ class Gateway(Server):
         if sep and ns and short in ("subscribe", "unsubscribe") and "_" not in ns:
             m = self._special.get(name)
             if m is None:
-                svc = self._service(ns)
+                # Not self._service(ns): a name from the network must not leave a
+                # namespace behind (only an open upstream subscription keeps one).
+                svc = _service(ns)
                 if short == "subscribe":
                     m = Method(name, None, svc, kind=ASYNC)
                     m.bulkhead = self.forwarder._remote(name).bulkhead
@@ -666,6 +668,8 @@ class Gateway(Server):
             svc = self._services.get(up.ns)
             if svc is not None and not any(u.topic is up.topic for u in self._up.values()):
                 svc.topics.pop(up.topic.name, None)
+                if not svc.topics:
+                    del self._services[up.ns]
             try:
                 await sub.aclose()
             except Exception:  # pragma: no cover - the upstream connection is going anyway

@@ -1,6 +1,6 @@
-"""The server half of RFC 6455 that the scripted servers of ``test_loadgen.py`` and
-``test_client_load.py`` share: frame reading and writing, the upgrade, and a threaded
-accept loop whose subclasses answer each connection (``talk``) as their mode says."""
+"""The server half of RFC 6455 that the scripted servers of ``tests/bench_tools/``
+share: frame reading and writing, the upgrade, and a threaded accept loop whose
+subclasses answer each connection (``talk``) as their mode says."""
 from __future__ import annotations
 
 import base64
@@ -34,6 +34,15 @@ def read_frame(sock: socket.socket) -> tuple[int, bytes]:
     key = read_exact(sock, 4)
     data = read_exact(sock, n)
     return b0 & 0x0F, bytes(c ^ key[i % 4] for i, c in enumerate(data))
+
+
+def next_frame(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The client's next frame; None for a close frame, answered with its code."""
+    op, data = read_frame(sock)
+    if op == 0x8:
+        sock.sendall(frame(0x8, data[:2]))
+        return None
+    return op, data
 
 
 def frame(op: int, payload: bytes) -> bytes:

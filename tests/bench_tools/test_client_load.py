@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from _wsserver import ScriptedServer, frame, read_frame, servers
+from _wsserver import ScriptedServer, frame, next_frame, servers
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -97,11 +97,8 @@ class Scripted(ScriptedServer):
         return {"jsonrpc": "2.0", "id": msg["id"], "result": result}
 
     def talk(self, conn: socket.socket) -> None:
-        while True:
-            op, data = read_frame(conn)
-            if op == 0x8:
-                conn.sendall(frame(0x8, data[:2]))
-                return
+        while (got := next_frame(conn)) is not None:
+            op, data = got
             if op == 0x9:
                 conn.sendall(frame(0xA, data))
                 continue

@@ -140,7 +140,10 @@ def test_one_upstream_subscription_fans_out_and_survives_a_kill(crun, rpc_server
         try:
             gw = await rpc_server(_gateway([peer_url, node.url]))
             url = f"ws://127.0.0.1:{gw.port}/"
-            clients = [Client(url) for _ in range(N_SUBSCRIBERS)]
+            # A consumer stops reading once it saw its gap and 3 more ticks; the buffer keeps
+            # its subscription alive until the end however slow the machine (the default
+            # 1,024 ticks last 51 s, and an overflow unsubscribes).
+            clients = [Client(url, subscription_buffer=100_000) for _ in range(N_SUBSCRIBERS)]
             await asyncio.gather(*(c.connect() for c in clients))
             params = ("ticks", 10**6, 0, 0.05)
             subs = await asyncio.gather(*(c.subscribe("eth", *params) for c in clients[:10]))
@@ -264,3 +267,28 @@ def test_gateway_command_with_workers(crun, tmp_path):
             await stop()
 
     crun(body(), 60)
+
+
+def test_subscribe_names_from_the_network_leave_nothing_behind(crun, rpc_server):
+    """``<ns>_subscribe`` for namespaces the upstream does not have: each is refused with
+    the upstream's answer, and no namespace, topic or upstream subscription stays in the
+    gateway (the names come from the network: kept, they would grow without bound)."""
+    async def body():
+        state = peers.PeerState()
+        port, stop = await peers.start_websockets(state)
+        try:
+            gw = await rpc_server(_gateway([f"ws://127.0.0.1:{port}/"]))
+            async with Client(f"ws://127.0.0.1:{gw.port}/") as c:
+                for i in range(300):
+                    try:
+                        await c.call(f"junk{i}_subscribe", "newHeads")
+                    except RPCError as e:
+                        assert e.code in (-32601, -32602), e
+                    else:
+                        raise AssertionError("an unknown namespace subscribed")
+            assert gw._services == {} and gw._up == {}
+            assert gw.upstream_subscriptions() == 0
+        finally:
+            await stop()
+
+    crun(body())
