@@ -65,7 +65,8 @@ Order of checks, first failure wins:
    ``Upgrade`` values (``h2c``...) are ignored as RFC 9110 §7.8 allows, so
    ``curl --http2 /health`` still works. Plain requests: ``policy.health_path`` with a
    ``health`` callable → 200 or what it reports (503 when draining or over the memory
-   ceiling), JSON body; anything else → 404.
+   ceiling), JSON body; ``policy.metrics_path`` with a ``metrics`` callable → 200 with
+   what it renders (the Prometheus page; 500 if it raises); anything else → 404.
 8. WebSocket attempt (RFC 6455 §4.2.1): ``Upgrade`` lists ``websocket`` and
    ``Connection`` lists ``upgrade`` (case-insensitive comma lists) → else 400;
    ``Sec-WebSocket-Version`` is ``13`` → else (missing too) 426 with
@@ -134,6 +135,7 @@ WEBSOCKET_VERSION = "13"
 MAX_HEADERS = 100
 """Header lines in one request head; past it: 431."""
 DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_METRICS_PATH = "/metrics"
 ORIGIN_NOT_ALLOWED = "origin not allowed"
 """``Decision.reason`` of the 403 for an Origin outside the allowlist (an upgrade or a
 JSON-RPC POST); the server counts these apart from the auth hook's 403s."""
@@ -232,6 +234,8 @@ _101_HEAD = (
 
 AuthHook = Callable[[str, "list[tuple[str, str]]"], "bool | int | None"]
 HealthHook = Callable[[], "tuple[int, Mapping[str, object]]"]
+MetricsHook = Callable[[list[tuple[str, str]]], "tuple[bytes, str]"]
+"""``metrics(headers)`` → ``(body, content_type)`` for a GET on ``policy.metrics_path``."""
 AdmitHook = Callable[[], "tuple[int, str, Sequence[tuple[str, str]]] | None"]
 
 
@@ -414,6 +418,8 @@ class HandshakePolicy:
     """Paths (query ignored) that accept upgrades; ``None`` accepts any path → else 404."""
     health_path: str = DEFAULT_HEALTH_PATH
     """Plain GET/HEAD on this path calls ``health()``."""
+    metrics_path: str | None = DEFAULT_METRICS_PATH
+    """Plain GET/HEAD on this path calls ``metrics(headers)`` (``None``: no such path)."""
     www_authenticate: str = "Bearer"
     """Challenge sent in ``WWW-Authenticate`` with a 401 (RFC 9110 §15.5.2 requires one)."""
     max_handshake_size: int = Limits.max_handshake_size
@@ -439,6 +445,10 @@ class HandshakePolicy:
         _check_header("WWW-Authenticate", self.www_authenticate)
         if not self.health_path.startswith("/"):
             raise ValueError("health_path must start with '/'")
+        if self.metrics_path is not None and (
+            not self.metrics_path.startswith("/") or self.metrics_path == self.health_path
+        ):
+            raise ValueError("metrics_path must start with '/' and differ from health_path")
         if self.allowed_origins is None:
             setattr_(self, "_exact_origins", frozenset())
             setattr_(self, "_origin_match", None)
@@ -544,12 +554,15 @@ def handle_request(
     admit: AdmitHook | None = None,
     admit_http: AdmitHook | None = None,
     on_headers: Callable[[list[tuple[str, str]]], object] | None = None,
+    metrics: MetricsHook | None = None,
 ) -> Decision:
     """Decide the answer to one HTTP/1.1 request head.
 
     ``head`` is the request line and headers up to and including the first blank line
     (``\\r\\n\\r\\n``), nothing after it. ``health()`` returns ``(status, body_dict)`` for a
     plain GET/HEAD on ``policy.health_path`` (``None``: that path is a 404 like any other).
+    ``metrics(headers)`` returns ``(body, content_type)`` for a plain GET/HEAD on
+    ``policy.metrics_path`` (``None``: a 404 too).
     ``admit()`` is called only for a valid upgrade that passed the Origin and auth checks,
     right before the 101; returning ``(status, reason, extra_headers)`` (e.g.
     ``(503, "server full", [("Retry-After", "5")])``) answers that error instead, ``None``
@@ -563,7 +576,7 @@ def handle_request(
     switch the connection to WebSocket frames, else close it once the response is written.
     """
     try:
-        return _handle(head, policy, health, admit, admit_http, on_headers)
+        return _handle(head, policy, health, admit, admit_http, on_headers, metrics)
     except Exception:  # a bug here or a hook's bad return value: never leaks
         logger.exception("handshake: unexpected error")
         return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error")
@@ -576,6 +589,7 @@ def _handle(
     admit: AdmitHook | None,
     admit_http: AdmitHook | None,
     on_headers: Callable[[list[tuple[str, str]]], object] | None = None,
+    metrics: MetricsHook | None = None,
 ) -> Decision:
     # --- 1-3. framing, request line, header fields --------------------------------
     if len(head) > policy.max_handshake_size:
@@ -632,6 +646,7 @@ def _handle(
     rpc_path = (
         policy.max_http_body is not None
         and path != policy.health_path
+        and path != policy.metrics_path
         and (policy._paths is None or path in policy._paths)
     )
     if websocket:
@@ -639,7 +654,8 @@ def _handle(
             return _fail(HTTP_METHOD_NOT_ALLOWED, "WebSocket upgrade requires GET", headers, target,
                          (("Allow", "GET"),), head_only)
     elif method != "GET" and method != "HEAD" and not (method == "POST" and rpc_path):
-        allow = "GET, HEAD" if path == policy.health_path else "GET, POST" if rpc_path else "GET"
+        plain = path == policy.health_path or path == policy.metrics_path
+        allow = "GET, HEAD" if plain else "GET, POST" if rpc_path else "GET"
         return _fail(HTTP_METHOD_NOT_ALLOWED, "method not allowed", headers, target, (("Allow", allow),))
     # origin-form only: absolute-form and "*" are legal HTTP but no WebSocket or health
     # client sends them to an origin server.
@@ -665,6 +681,8 @@ def _handle(
     if not websocket:
         if health is not None and path == policy.health_path:
             return _health(health, headers, target, head_only)
+        if metrics is not None and path == policy.metrics_path:
+            return _metrics(metrics, headers, target, head_only)
         return _fail(HTTP_NOT_FOUND, "not found", headers, target, head_only=head_only)
 
     # --- 8. WebSocket opening handshake (RFC 6455 §4.2.1) ---------------------------
@@ -845,6 +863,17 @@ def _run_auth(policy: HandshakePolicy, target: str, headers: list[tuple[str, str
         logger.error("auth hook returned %r; expected True, False, None, 401 or 403. Answering 500",
                      type(verdict).__name__)
     return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target)
+
+
+def _metrics(metrics: MetricsHook, headers: list[tuple[str, str]], target: str, head_only: bool) -> Decision:
+    try:
+        body, content_type = metrics(headers)
+        ctype = content_type.encode("latin-1")
+    except Exception:
+        logger.exception("metrics callable failed; answering 500")
+        return _fail(HTTP_INTERNAL_SERVER_ERROR, "internal error", headers, target, head_only=head_only)
+    response = _response(HTTP_OK, ctype, body, (("Cache-Control", "no-store"),), head_only)
+    return Decision(False, HTTP_OK, response, headers, target)
 
 
 def _health(health: HealthHook, headers: list[tuple[str, str]], target: str, head_only: bool) -> Decision:

@@ -51,6 +51,7 @@ from .connlog import DEFAULT_BURST, DEFAULT_RATE, ConnectionLog
 from .dispatch import Dispatcher
 from .service import Registry
 from .handshake import (
+    DEFAULT_METRICS_PATH,
     HTTP_CONTENT_TOO_LARGE,
     HTTP_FORBIDDEN,
     ORIGIN_NOT_ALLOWED,
@@ -61,6 +62,9 @@ from .handshake import (
 )
 from .http import HttpRpc
 from .limits import Limits
+from .looplag import LoopLag
+from .metrics import Page as MetricsPage
+from .metrics import available as metrics_available
 from .proxies import TrustedProxies
 
 log = logging.getLogger("fastrpc.server")
@@ -128,6 +132,12 @@ class Server:
     the host ``start()`` listens on (0 picks one: ``agent_port`` after start), for as long
     as the server runs. ``agent_max_inflight``: requests in flight at which the agent
     reports no spare capacity (default ``max_connections``).
+    ``metrics``: the path of the Prometheus page (``fastrpc.metrics``), served when
+    ``prometheus_client`` is installed (the ``metrics`` extra); ``None`` serves none (use
+    ``fastrpc.metrics.Collector(server)`` in a registry of your own).
+    ``metrics_registry``: serve this ``prometheus_client`` registry on that path, with
+    fastrpc's collector registered into it (default: a registry of fastrpc's figures and
+    the process collectors).
     ``log_rate`` / ``log_burst``: the connection log's budget (``fastrpc.connlog``: one
     line per refused or abnormally ended connection on the ``fastrpc.connections``
     logger), lines per second and lines at once; ``log_rate=0`` turns it off.
@@ -148,6 +158,8 @@ class Server:
         trusted_proxies: list[Any] | None = None,
         agent_port: int | None = None,
         agent_max_inflight: int | None = None,
+        metrics: str | None = DEFAULT_METRICS_PATH,
+        metrics_registry: Any = None,
         log_rate: float = DEFAULT_RATE,
         log_burst: int = DEFAULT_BURST,
     ) -> None:
@@ -173,7 +185,17 @@ class Server:
             allowed_origins=origins, auth=auth, subprotocols=tuple(subprotocols),
             max_handshake_size=limits.max_handshake_size,
             max_http_body=limits.http_body_limit if http_rpc else None,
+            metrics_path=metrics,
         )
+        #: Event-loop lag, measured by the reaper's own wake-ups (``fastrpc.looplag``).
+        self.loop_lag = LoopLag()
+        # /metrics (fastrpc.metrics): served when prometheus_client is installed; a
+        # registry passed in means the caller wants it, so its absence is an error then.
+        self._metrics: MetricsPage | None = None
+        if metrics is not None and (metrics_registry is not None or metrics_available()):
+            self._metrics = MetricsPage(self, metrics_registry)
+        elif metrics_registry is not None:
+            raise ValueError("metrics_registry needs a metrics path")
         self._keep_headers = keep_headers
         self._headers: dict[int, list[tuple[str, str]]] = {}
         self._proxies = TrustedProxies(trusted_proxies) if trusted_proxies else None
@@ -314,6 +336,11 @@ class Server:
                 self.reactor.remove_listeners()
                 sock.close()
                 raise
+        if self._metrics is not None and self._metrics.multiprocess:
+            self._metrics.setup()  # the mirror writes this worker's files from now on
+        elif self._metrics is None and self._policy.metrics_path is not None:
+            log.info("%s not served: install prometheus_client (pip install 'fastrpc[metrics]')",
+                     self._policy.metrics_path)
         self._loop = loop
         # Normal ends (idle, clean closes) reach Python only when they would be logged.
         self.reactor.event_mask = self.connlog.event_mask()
@@ -455,13 +482,20 @@ class Server:
             _close_ms(lim.close_timeout),
         )
         n = 0
+        loop = asyncio.get_running_loop()
+        lag = self.loop_lag
+        page = self._metrics
         while True:
+            t0 = loop.time()
             await asyncio.sleep(tick)
+            lag.observe(loop.time() - t0 - tick)
             try:
                 self.reactor.sweep(*args)
                 self.connlog.flush()
                 n += 1
                 if n % max(1, int(1 / tick)) == 0:  # about once a second
+                    if page is not None and page.mirror is not None:
+                        page.mirror.sync()
                     if lim.rss_limit is not None:
                         self._over_rss = _rss_bytes() > lim.rss_limit
                     if self.pool.bytes_in_use < self.pool.bytes_reserved // 2:
@@ -560,8 +594,10 @@ class Server:
         return on_headers
 
     def _on_handshake(self, cid: int, head: bytes, ip: str, port: int) -> tuple[bytes | int, int | bool]:
+        page = self._metrics
         d = handle_request(head, self._policy, health=self.health, admit=lambda: self._admit(cid),
-                           admit_http=self._admit_http, on_headers=self._forwarded(cid, ip, port))
+                           admit_http=self._admit_http, on_headers=self._forwarded(cid, ip, port),
+                           metrics=page.render if page is not None else None)
         if d.status >= 400 and d.reason:  # an error answer (health answers have no reason)
             self.connlog.refused(d.status, d.reason, *self.reactor.peer(cid))  # the real client
         if d.upgrade and self._proxy_peer:

@@ -15,6 +15,11 @@ connection's addresses), so each connection lives in one worker for its whole li
   draining (``/health`` and new upgrades answer 503), finishes requests in flight,
   closes its connections with 1001 (``Server.stop()``), and exits; workers still
   running after ``stop_timeout`` are killed. The supervisor exits 0 once all have.
+* **Metrics.** ``/metrics`` on the port answers for every worker: the supervisor points
+  ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory (yours if set, emptied of its
+  ``*.db`` files first; else a temporary one it removes at exit), each worker writes its
+  figures there (``fastrpc.metrics.Mirror``), and a worker that exits is marked dead so
+  its gauges stop counting (its counters keep adding up). Needs ``prometheus_client``.
 * **Restarts.** A worker that exits on its own (crash, kill) is started again after a
   backoff (0.1 s doubling to 5 s; reset after a worker stayed up 10 s). A worker that
   cannot start at all (import error, port taken) five times in a row without ever
@@ -32,12 +37,16 @@ import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .metrics import MULTIPROC_ENV
+from .metrics import available as metrics_available
 from .server import Server
 
 log = logging.getLogger("fastrpc.workers")
@@ -149,6 +158,7 @@ class Supervisor:
     _pool: list[_Worker] = field(default_factory=list)
     _holder: socket.socket | None = None
     _stopping: bool = False
+    _metrics_dir: str | None = None  # the directory this supervisor made (removed at exit)
 
     def _command(self, w: _Worker) -> list[str]:
         return [sys.executable, "-m", "fastrpc", "worker", self.app, "--host", self.host,
@@ -165,6 +175,26 @@ class Supervisor:
         s.bind((self.host, self.port))
         self.port = s.getsockname()[1]
         self._holder = s
+
+    def _prepare_metrics(self) -> None:
+        """Give the workers one multi-process metrics directory (see the module doc)."""
+        if not metrics_available():
+            return
+        path = os.environ.get(MULTIPROC_ENV)
+        if path:
+            os.makedirs(path, exist_ok=True)
+            for name in os.listdir(path):  # a previous run's files would add up with ours
+                if name.endswith(".db"):
+                    os.unlink(os.path.join(path, name))
+        else:
+            path = self._metrics_dir = tempfile.mkdtemp(prefix="fastrpc-metrics-")
+            os.environ[MULTIPROC_ENV] = path  # inherited by every worker started from now on
+
+    def _worker_gone(self, pid: int) -> None:
+        if os.environ.get(MULTIPROC_ENV) and metrics_available():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)
 
     def _start(self, w: _Worker) -> None:
         w.proc = subprocess.Popen(self._command(w), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -192,6 +222,7 @@ class Supervisor:
     def run(self) -> int:
         """Start every worker and supervise them until a signal; returns the exit status."""
         self._reserve_port()
+        self._prepare_metrics()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         self._pool = [_Worker(i) for i in range(self.workers)]
@@ -219,6 +250,7 @@ class Supervisor:
                 log.warning("worker %d (pid %d) exited with %s; restarting in %.1f s",
                             w.index, w.proc.pid, code, w.backoff)
                 print(f"worker {w.index} (pid {w.proc.pid}) exited with {code}", flush=True)
+                self._worker_gone(w.proc.pid)
                 w.proc = None
                 if w.failed_starts >= MAX_FAILED_STARTS:
                     print(f"worker {w.index} failed to start {MAX_FAILED_STARTS} times: giving up",
@@ -250,6 +282,11 @@ class Supervisor:
             self._poll_output(w)
         if self._holder is not None:
             self._holder.close()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            if os.environ.get(MULTIPROC_ENV) == self._metrics_dir:
+                del os.environ[MULTIPROC_ENV]
+            self._metrics_dir = None
         print("fastrpc supervisor stopped", flush=True)
 
     def pids(self) -> list[int]:

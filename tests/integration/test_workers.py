@@ -26,8 +26,9 @@ pytestmark = pytest.mark.timeout(90)
 def command():
     started: list[Proc] = []
 
-    def start(*args: str) -> Proc:
-        c = Proc([sys.executable, "-m", "fastrpc", *args])  # a supervisor stops its workers on SIGTERM
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        # a supervisor stops its workers on SIGTERM
+        c = Proc([sys.executable, "-m", "fastrpc", *args], env=env)
         started.append(c)
         return c
 
@@ -36,8 +37,9 @@ def command():
         c.close()
 
 
-def start_workers(command, n: int, app: str = "tests.apps.worker_app:build") -> tuple[Proc, int, set[int]]:
-    sup = command("serve", app, "--port", "0", "--workers", str(n), "--loop", "asyncio")
+def start_workers(command, n: int, app: str = "tests.apps.worker_app:build",
+                  env: dict[str, str] | None = None) -> tuple[Proc, int, set[int]]:
+    sup = command("serve", app, "--port", "0", "--workers", str(n), "--loop", "asyncio", env=env)
     port = int(sup.expect(r"serving .* on 127\.0\.0\.1:(\d+) with")[1])
     pids = {int(sup.expect(r"fastrpc worker listening on 127\.0\.0\.1:%d \(worker \d+, pid (\d+)\)" % port)[1])
             for _ in range(n)}
@@ -148,3 +150,69 @@ def test_bad_app_specs(monkeypatch):
     with pytest.raises(TypeError):
         load_app("os:sep")  # a str, not a Server
     assert load_app("tests.apps.worker_app:build").__class__.__name__ == "Server"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics on a fresh connection (the kernel picks the worker): samples → value."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def wait_metric(port: int, want: dict[tuple[str, tuple[tuple[str, str], ...]], float], timeout: float = 15.0) -> None:
+    """Scrape until every sample has its value: each worker mirrors its figures about
+    once a second, and a scrape may land on either worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = scrape(port)
+        got = {k: p.get(k) for k in want}
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"metrics never reached {want}: {got}")
+        time.sleep(0.2)
+
+
+WHOAMI_OK = ("fastrpc_rpc_requests_total", (("method", "whoami"), ("outcome", "success")))
+OPEN = ("fastrpc_connections_open", ())
+
+
+@pytest.mark.parametrize("own_dir", [False, True], ids=["supervisor-dir", "PROMETHEUS_MULTIPROC_DIR"])
+def test_metrics_add_up_over_the_workers(command, tmp_path, own_dir):
+    env = None
+    if own_dir:
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+        (tmp_path / "counter_1.db").write_bytes(b"stale")  # a previous run's: wiped at start
+    else:
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    sup, port, pids = start_workers(command, 2, env=env)
+
+    async def body() -> None:
+        # Connections spread over both workers; keep them open, one call each.
+        conns = []
+        by_pid: dict[int, list] = {}
+        for _ in range(40):
+            ws = await websockets.connect(f"ws://127.0.0.1:{port}", compression=None)
+            conns.append(ws)
+            by_pid.setdefault(await call(ws, "whoami"), []).append(ws)
+        assert set(by_pid) == pids
+        wait_metric(port, {WHOAMI_OK: 40.0, OPEN: 40.0})
+        # A killed worker: its gauges leave the sum, its counters stay in it.
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        sup.expect(r"worker \d+ \(pid %d\) exited with -9" % victim)
+        survivors = len(conns) - len(by_pid[victim])
+        wait_metric(port, {WHOAMI_OK: 40.0, OPEN: float(survivors)})
+        for ws in conns:
+            await ws.close()
+
+    asyncio.run(body())
+    if own_dir:
+        assert not (tmp_path / "counter_1.db").exists()
+        assert list(tmp_path.glob("*.db"))  # the workers' files
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(20) == 0

@@ -45,10 +45,19 @@ README = os.path.join(ROOT, "README.md")
 README_URL = "http://127.0.0.1:8546"
 
 
-def readme_curl_commands() -> list[str]:
-    """Every curl command line in the README, as written there."""
+def readme_curl_lines() -> list[str]:
     with open(README, encoding="utf-8") as f:
         return sorted({line.strip() for line in f if line.startswith("curl ")})
+
+
+def readme_curl_commands() -> list[str]:
+    """Every JSON-RPC-over-HTTP curl command line in the README, as written there."""
+    return [c for c in readme_curl_lines() if " -d " in c]
+
+
+def readme_metrics_commands() -> list[str]:
+    """The README's curl lines that scrape ``/metrics`` (a shell pipeline each)."""
+    return [c for c in readme_curl_lines() if "/metrics" in c]
 
 
 def curl_request_bytes(argv: list[str]) -> bytes:
@@ -218,6 +227,17 @@ def test_demo_node(run, loop_name):
                     bare = bare.replace("curl -s ", "curl -s -o /dev/null -w '%{http_code}' ")
                     assert await run_curl(bare, port) == "415"
                 print(f"README curl printed: {out.strip()}")
+                # The README's /metrics line, run as written (a pipeline), after those calls.
+                (metrics_cmd,) = readme_metrics_commands()
+                sh = await asyncio.create_subprocess_exec(
+                    "bash", "-o", "pipefail", "-c",
+                    metrics_cmd.replace(README_URL, f"http://127.0.0.1:{port}"),
+                    stdout=asyncio.subprocess.PIPE)
+                out_b, _ = await asyncio.wait_for(sh.communicate(), CALL_WAIT)
+                assert sh.returncode == 0
+                lines = out_b.decode().splitlines()
+                assert lines and all(line.startswith("fastrpc_rpc_requests_total{") for line in lines)
+                assert any('method="chain_blockNumber",outcome="success"' in line for line in lines), lines
                 assert c.unexpected == []
 
             # SIGTERM with a connection open: closed with 1001, exit status 0.

@@ -676,6 +676,38 @@ class TestPlainHTTP:
             d = answer(plain("/health"), health=hook)
         assert d.status == HTTP_INTERNAL_SERVER_ERROR and b"Traceback" not in d.response
 
+    def test_metrics_200_with_the_hooks_content_type(self):
+        seen = []
+
+        def metrics(headers):
+            seen.append(headers)
+            return b"fastrpc_connections_open 1.0\n", "text/plain; version=0.0.4; charset=utf-8"
+
+        d = answer(plain("/metrics", extra="Accept: text/plain\r\n"), metrics=metrics)
+        status, headers, body = parse_response(d.response)
+        assert (status, body) == (HTTP_OK, b"fastrpc_connections_open 1.0\n") and not d.upgrade
+        assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert headers["cache-control"] == "no-store"
+        assert ("Accept", "text/plain") in seen[0]
+        head = answer(plain("/metrics", "HEAD"), metrics=metrics)
+        status, headers, body = parse_response(head.response, head_only=True)
+        assert status == 200 and body == b"" and int(headers["content-length"]) == 29
+
+    def test_metrics_path_policy(self):
+        hook = lambda h: (b"", "text/plain")  # noqa: E731
+        assert status_of(plain("/metrics")) == HTTP_NOT_FOUND  # no hook: like any path
+        assert status_of(plain("/prom"), HandshakePolicy(metrics_path="/prom"), metrics=hook) == 200
+        assert status_of(plain("/metrics"), HandshakePolicy(metrics_path=None), metrics=hook) == 404
+        for bad in ("metrics", "/health"):
+            with pytest.raises(ValueError):
+                HandshakePolicy(metrics_path=bad)
+
+    @pytest.mark.parametrize("hook", [lambda h: 1 / 0, lambda h: (b"x", "caf\u00e9\u20ac"), lambda h: None])
+    def test_metrics_failure_is_500(self, hook, caplog):
+        with caplog.at_level(logging.ERROR, logger="fastrpc.handshake"):
+            d = answer(plain("/metrics"), metrics=hook)
+        assert d.status == HTTP_INTERNAL_SERVER_ERROR and b"Traceback" not in d.response
+
     def test_h2c_upgrade_ignored(self):
         extra = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
         assert status_of(plain("/health", extra=extra), health=healthy) == 200
