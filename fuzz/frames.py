@@ -1,0 +1,179 @@
+"""Fuzz target: the frame parser inside the sans-I/O Engine, both roles.
+
+Input: ``flags, split seed, stream...``. The connection is taken through a valid
+handshake first (server role: a client's upgrade request answered 101; client role:
+the request queued, a valid 101 read), then ``stream`` is fed to it split by the seed
+(``common.pieces``), then EOF.
+
+flags bit 0: client role (the stream is the server's unmasked frames).
+flags bit 1: chaos: the message callbacks act on the connection (close, abort, raise,
+             send more, hold requests in flight so reading pauses), chosen by the
+             message's first byte.
+flags bit 2: a pool with a small ceiling, so buffering fails (1013) part-way.
+
+Invariants, every input: no crash; the engine's output parses as whole frames with
+minimal lengths, masked exactly in the client role, RSV 0, FIN set, nothing after a
+close frame; ``on_close`` once per connection; no pool block in use once the
+connection is gone. Plain mode (no chaos, roomy pool) is also differential against
+the pure-Python ``tests/reference_codec.RefParser``: the same messages delivered, the
+same pongs and echoes written, and the same close code (echoed, or the error's).
+"""
+from __future__ import annotations
+
+import sys
+
+from common import Frame, instrumented, main, parse_frames, pieces
+
+with instrumented():
+    from fastrpc import _core
+    from fastrpc._core import HTTP_UPGRADE, BufferPool, Engine
+    from fastrpc.errors import ProtocolError
+    from fastrpc.handshake import accept_key
+
+from reference_codec import RefParser
+
+MAX_MESSAGE = 1024  # small limits: the fuzzer reaches 1009 from short inputs
+MAX_FRAGMENTS = 8
+CLASSES = (64, 256, 1024, 8192)
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3
+REQUEST = (b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY.encode() + b"\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(KEY).encode() + b"\r\n\r\n")
+REASONS = set(_core._REASONS) | {"internal error", "bye"}
+CHAOS_CLOSE_CODE = 4000
+
+
+class Conn:
+    """One engine with one connection and every callback recorded."""
+
+    def __init__(self, client: bool, chaos: bool, tight: bool) -> None:
+        self.pool = (BufferPool(size_classes=CLASSES[:3], limit=3072, arena_size=1024) if tight
+                     else BufferPool(size_classes=CLASSES, limit=1 << 20))
+        self.client, self.chaos = client, chaos
+        self.engine = e = Engine(self.pool, 0 if client else 2, 0 if client else 2,
+                                 max_message_size=MAX_MESSAGE, max_fragments=MAX_FRAGMENTS,
+                                 max_inflight=2, max_clients=2 if client else 0,
+                                 max_handshake_size=1024)
+        self.messages: list[tuple[int, bytes]] = []
+        self.closes: list[int] = []
+        self.inflight = 0
+        e.on_handshake = lambda cid, head, ip, port: (RESPONSE, HTTP_UPGRADE)
+        e.on_response = lambda cid, head: head == RESPONSE
+        e.on_text = lambda cid, payload: self.message(1, cid, payload)
+        e.on_binary = lambda cid, payload: self.message(2, cid, payload)
+        e.on_close = lambda cid, code: self.closes.append(code)
+        self.out = bytearray()
+        if client:
+            self.cid = e.open_connection("198.51.100.20", 443, request=REQUEST)
+            assert e.data_to_send(self.cid) == REQUEST
+            e.receive_data(self.cid, RESPONSE)
+        else:
+            self.cid = e.open_connection("192.0.2.10", 50000)
+            e.receive_data(self.cid, REQUEST)
+            assert e.data_to_send(self.cid) == RESPONSE
+        assert e.state(self.cid) == 3, "not open after a valid handshake"  # SLOT_OPEN
+
+    def message(self, op: int, cid: int, payload: bytes) -> bytes | None:
+        assert type(payload) is bytes and cid == self.cid
+        self.messages.append((op, payload))
+        if not self.chaos:
+            return payload  # echo: every message is answered with itself
+        act = payload[0] % 8 if payload else 0
+        e = self.engine
+        if act == 1:
+            e.close(cid, CHAOS_CLOSE_CODE, b"bye")
+        elif act == 2:
+            e.abort(cid)
+        elif act == 3:
+            raise ValueError("handler failure")  # the engine closes with 1011
+        elif act == 4:
+            e.send(cid, payload * 3, binary=op == 2)
+            return payload
+        elif act == 5:
+            e.begin(cid)  # a request in flight; two pause reading
+            self.inflight += 1
+        elif act == 6 and self.inflight:
+            e.end(cid)
+            self.inflight -= 1
+        elif act == 7:
+            e.sweep(close_timeout_ms=0)  # drops a connection already closing
+        return None
+
+    def feed(self, stream: bytes, seed: int) -> None:
+        e = self.engine
+        for piece in pieces(stream, seed):
+            if self.cid not in e:
+                break
+            e.receive_data(self.cid, piece)
+            self.out += e.data_to_send(self.cid)
+        while self.inflight and self.cid in e:  # finish the requests: reading resumes
+            e.end(self.cid)
+            self.inflight -= 1
+            self.out += e.data_to_send(self.cid)
+        if self.cid in e:
+            e.receive_eof(self.cid)
+        assert self.cid not in e and len(e) == 0
+        assert self.pool.bytes_in_use == 0, f"{self.pool.bytes_in_use} pool bytes outlived the connection"
+        assert len(self.closes) == 1, f"on_close ran {len(self.closes)} times"
+
+    def frames(self) -> list[Frame]:
+        frames = parse_frames(bytes(self.out))
+        for i, f in enumerate(frames):
+            assert f.masked == self.client, "masking of the role broken"
+            assert f.fin and f.rsv == 0 and f.opcode in (1, 2, 8, 9, 10), f
+            if f.opcode == 8:
+                assert i == len(frames) - 1, "a frame after our close frame"
+                p = f.payload
+                assert len(p) != 1 and len(p) <= 125
+                if len(p) >= 2:
+                    assert _core.is_valid_close_code(int.from_bytes(p[:2], "big")), p
+                    assert p[2:].decode("utf-8") in REASONS, p
+        return frames
+
+
+def expected(stream: bytes, client: bool) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], int | None]:
+    """RefParser's view: (messages, frames the engine must write, close code or None)."""
+    ref = RefParser(client=client, max_message_size=MAX_MESSAGE, max_fragments=MAX_FRAGMENTS)
+    error = None
+    try:
+        events = ref.feed(stream)
+    except ProtocolError as err:
+        events, error = err.events, err.code
+    messages, out = [], []
+    for op, payload in events:
+        if op in (1, 2):
+            messages.append((op, payload))
+            out.append((op, payload))
+        elif op == 9:
+            out.append((10, payload))
+        elif op == 8:  # echoed: its code only, or nothing for an empty close
+            out.append((8, payload[:2]))
+            return messages, out, int.from_bytes(payload[:2], "big") if payload else 1005
+    if error is not None:
+        out.append((8, error.to_bytes(2, "big")))
+    return messages, out, error
+
+
+def test_one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    flags, seed, stream = data[0], data[1], data[2:]
+    client, chaos, tight = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    c = Conn(client, chaos, tight)
+    c.feed(stream, seed)
+    frames = c.frames()
+    code = c.closes[0]
+    assert code == 1005 or code == 1006 or _core.is_valid_close_code(code), code
+    if chaos or tight:
+        return
+    messages, out, want_code = expected(stream, client)
+    assert c.messages == messages, "messages differ from the reference parser"
+    got = [(f.opcode, f.payload[:2] if f.opcode == 8 else f.payload) for f in frames]
+    assert got == out, "written frames differ from the reference parser"
+    assert code == (1006 if want_code is None else want_code), (code, want_code)
+
+
+if __name__ == "__main__":
+    main(test_one_input)
