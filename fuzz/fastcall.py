@@ -15,7 +15,7 @@ mode bit 0 set: the client. Each message is a reply for a client with calls pend
 """
 from __future__ import annotations
 
-from common import instrumented, main
+from fuzzing import instrumented, main
 
 with instrumented():
     import fastrpc  # noqa: F401 - instrumented before the unit tests import it

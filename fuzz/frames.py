@@ -3,13 +3,16 @@
 Input: ``flags, split seed, stream...``. The connection is taken through a valid
 handshake first (server role: a client's upgrade request answered 101; client role:
 the request queued, a valid 101 read), then ``stream`` is fed to it split by the seed
-(``common.pieces``), then EOF.
+(``fuzzing.pieces``), then EOF.
 
 flags bit 0: client role (the stream is the server's unmasked frames).
 flags bit 1: chaos: the message callbacks act on the connection (close, abort, raise,
              send more, hold requests in flight so reading pauses), chosen by the
              message's first byte.
 flags bit 2: a pool with a small ceiling, so buffering fails (1013) part-way.
+flags bit 3 (client role): the stream starts with the server's response head instead
+             of a valid 101: the core gathers it and ``fastrpc.client.check_response``
+             judges it (it never raises; a refused head drops the connection).
 
 Invariants, every input: no crash; the engine's output parses as whole frames with
 minimal lengths, masked exactly in the client role, RSV 0, FIN set, nothing after a
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import sys
 
-from common import Frame, instrumented, main, parse_frames, pieces
+from fuzzing import Frame, instrumented, main, parse_frames, pieces
 
 with instrumented():
     from fastrpc import _core
     from fastrpc._core import HTTP_UPGRADE, BufferPool, Engine
-    from fastrpc.errors import ProtocolError
+    from fastrpc.client import ClientOptions, check_response
+    from fastrpc.errors import ConnectError, ProtocolError
     from fastrpc.handshake import accept_key
 
 from reference_codec import RefParser
@@ -43,12 +47,13 @@ RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnecti
             b"Sec-WebSocket-Accept: " + accept_key(KEY).encode() + b"\r\n\r\n")
 REASONS = set(_core._REASONS) | {"internal error", "bye"}
 CHAOS_CLOSE_CODE = 4000
+OPTIONS = ClientOptions()
 
 
 class Conn:
     """One engine with one connection and every callback recorded."""
 
-    def __init__(self, client: bool, chaos: bool, tight: bool) -> None:
+    def __init__(self, client: bool, chaos: bool, tight: bool, raw_head: bool = False) -> None:
         self.pool = (BufferPool(size_classes=CLASSES[:3], limit=3072, arena_size=1024) if tight
                      else BufferPool(size_classes=CLASSES, limit=1 << 20))
         self.client, self.chaos = client, chaos
@@ -60,7 +65,8 @@ class Conn:
         self.closes: list[int] = []
         self.inflight = 0
         e.on_handshake = lambda cid, head, ip, port: (RESPONSE, HTTP_UPGRADE)
-        e.on_response = lambda cid, head: head == RESPONSE
+        e.on_response = self.response
+        self.head: bytes | None = None  # the response head on_response got
         e.on_text = lambda cid, payload: self.message(1, cid, payload)
         e.on_binary = lambda cid, payload: self.message(2, cid, payload)
         e.on_close = lambda cid, code: self.closes.append(code)
@@ -68,12 +74,22 @@ class Conn:
         if client:
             self.cid = e.open_connection("198.51.100.20", 443, request=REQUEST)
             assert e.data_to_send(self.cid) == REQUEST
+            if raw_head:
+                return
             e.receive_data(self.cid, RESPONSE)
         else:
             self.cid = e.open_connection("192.0.2.10", 50000)
             e.receive_data(self.cid, REQUEST)
             assert e.data_to_send(self.cid) == RESPONSE
         assert e.state(self.cid) == 3, "not open after a valid handshake"  # SLOT_OPEN
+
+    def response(self, cid: int, head: bytes) -> bool:
+        assert cid == self.cid and self.head is None and type(head) is bytes
+        assert head.find(b"\r\n\r\n") == len(head) - 4 and len(head) <= 1024, head
+        self.head = head
+        sub, err = check_response(head, KEY, OPTIONS, "ws://h/")
+        assert (sub is None and type(err) is ConnectError) or (err is None and sub is None), (sub, err)
+        return err is None
 
     def message(self, op: int, cid: int, payload: bytes) -> bytes | None:
         assert type(payload) is bytes and cid == self.cid
@@ -161,11 +177,17 @@ def test_one_input(data: bytes) -> None:
         return
     flags, seed, stream = data[0], data[1], data[2:]
     client, chaos, tight = bool(flags & 1), bool(flags & 2), bool(flags & 4)
-    c = Conn(client, chaos, tight)
+    raw_head = client and bool(flags & 8)
+    c = Conn(client, chaos, tight, raw_head)
     c.feed(stream, seed)
     frames = c.frames()
     code = c.closes[0]
     assert code == 1005 or code == 1006 or _core.is_valid_close_code(code), code
+    if raw_head:
+        if c.head is None or check_response(c.head, KEY, OPTIONS, "ws://h/")[1] is not None:
+            assert (c.messages, frames, code) == ([], [], 1006), "frames without an accepted 101"
+            return
+        stream = stream[len(c.head):]  # after the 101: the differential below
     if chaos or tight:
         return
     messages, out, want_code = expected(stream, client)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from common import instrumented, main, parse_frames, pieces
+from fuzzing import instrumented, main, parse_frames, pieces
 
 with instrumented():
     from fastrpc._core import HTTP_UPGRADE, BufferPool, Engine

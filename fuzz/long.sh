@@ -9,7 +9,7 @@
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 minutes="${1:-10}"
-targets="${FUZZ_TARGETS:-$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); import common; print(" ".join(common.TARGETS))' "$FUZZ_DIR")}"
+targets="${FUZZ_TARGETS:-$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); import fuzzing; print(" ".join(fuzzing.TARGETS))' "$FUZZ_DIR")}"
 export FUZZ_WORK="$REPO/build/fuzz-long"
 rm -rf "$FUZZ_WORK"
 mkdir -p "$FUZZ_WORK"

@@ -72,6 +72,21 @@ def frames_corpus() -> list[bytes]:
         out.append(bytes([0, i % 3]) + s)
     for i, s in enumerate(client):
         out.append(bytes([1, i % 3]) + s)
+    # client role, the server's response head from the input (flags bit 3)
+    from frames import RESPONSE
+
+    for i, head in enumerate([
+        RESPONSE,
+        RESPONSE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: v1\r\n\r\n"),
+        RESPONSE.replace(b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", b"AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        RESPONSE.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101\r\n\r\n",
+        b"HTTP/1.0 101 Switching Protocols\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        RESPONSE[:40],
+    ]):
+        out.append(bytes([9, i % 3]) + head + client[i % len(client)])
     # chaos and tight-pool modes: a few streams each, messages picking every action
     actions = b"".join(ref_encode(1, bytes([a]) + b"act", mask_key=KEY) for a in range(8))
     for flags in (2, 4, 6):

@@ -28,7 +28,7 @@ for _p in (FUZZ, os.path.join(ROOT, "tests", "unit")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import common  # noqa: E402  (fuzz/common.py)
+import fuzzing  # noqa: E402  (fuzz/fuzzing.py)
 
 BUILD = os.environ.get("FASTRPC_FUZZ_BUILD", "asan")
 RUNS = int(os.environ.get("FASTRPC_FUZZ_RUNS", "20000"))
@@ -40,15 +40,16 @@ def fuzz_build() -> str:
     """Build the ASan modules (or take the installed ones for ``plain``)."""
     assert BUILD in ("asan", "plain"), BUILD
     if BUILD == "asan":
-        r = subprocess.run([os.path.join(FUZZ, "build.sh")], capture_output=True, text=True, timeout=900)
+        r = subprocess.run([os.path.join(FUZZ, "build.sh")], capture_output=True, text=True, timeout=900,
+                           env=dict(os.environ, PYTHON=sys.executable))
         assert r.returncode == 0, f"fuzz/build.sh failed:\n{r.stdout}\n{r.stderr}"
     return BUILD
 
 
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("target", common.TARGETS)
+@pytest.mark.parametrize("target", fuzzing.TARGETS)
 def test_short_run(target, fuzz_build, tmp_path):
-    env = dict(os.environ, FASTRPC_FUZZ_BUILD=fuzz_build, FUZZ_WORK=str(tmp_path))
+    env = dict(os.environ, FASTRPC_FUZZ_BUILD=fuzz_build, FUZZ_WORK=str(tmp_path), PYTHON=sys.executable)
     r = subprocess.run(
         [os.path.join(FUZZ, "run.sh"), target, str(SECONDS), f"-runs={RUNS}", "-seed=1"],
         capture_output=True, text=True, env=env, timeout=SECONDS * 10 + 120,
@@ -69,7 +70,7 @@ def test_short_run(target, fuzz_build, tmp_path):
     assert re.search(r"#\d+\s+DONE\s+cov: \d+ ft: \d+", log), tail
 
 
-@pytest.mark.parametrize("target", common.TARGETS)
+@pytest.mark.parametrize("target", fuzzing.TARGETS)
 def test_seed_corpus_replays(target):
     """Every seed (and every crash reproducer kept with them) passes its target's
     checks on the installed build, in-process."""
