@@ -13,6 +13,11 @@ flags bit 2: a pool with a small ceiling, so buffering fails (1013) part-way.
 flags bit 3 (client role): the stream starts with the server's response head instead
              of a valid 101: the core gathers it and ``fastrpc.client.check_response``
              judges it (it never raises; a refused head drops the connection).
+flags bit 4: two server connections on one engine, the pieces dealt to them in turn;
+             a message's callback acts on the *other* connection: closes or aborts it,
+             feeds it bytes from inside the callback (a parse within a parse), sends to
+             both with ``send_many``, holds its requests in flight, or drops itself and
+             then feeds the other. Invariants only (bits 0-3 are ignored but bit 2).
 
 Invariants, every input: no crash; the engine's output parses as whole frames with
 minimal lengths, masked exactly in the client role, RSV 0, FIN set, nothing after a
@@ -149,6 +154,87 @@ class Conn:
         return frames
 
 
+class Pair:
+    """Two server connections on one engine whose callbacks reach across (bit 4)."""
+
+    def __init__(self, tight: bool) -> None:
+        self.pool = (BufferPool(size_classes=CLASSES[:3], limit=3072, arena_size=1024) if tight
+                     else BufferPool(size_classes=CLASSES, limit=1 << 20))
+        self.engine = e = Engine(self.pool, 2, 2, max_message_size=MAX_MESSAGE,
+                                 max_fragments=MAX_FRAGMENTS, max_inflight=2, max_handshake_size=1024)
+        e.on_handshake = lambda cid, head, ip, port: (RESPONSE, HTTP_UPGRADE)
+        e.on_text = lambda cid, payload: self.message(False, cid, payload)
+        e.on_binary = lambda cid, payload: self.message(True, cid, payload)
+        e.on_close = lambda cid, code: self.closes[cid].append(code)
+        self.cids = []
+        for port in (50000, 50001):
+            cid = e.open_connection("192.0.2.10", port)
+            e.receive_data(cid, REQUEST)
+            assert e.data_to_send(cid) == RESPONSE and e.state(cid) == 3
+            self.cids.append(cid)
+        self.closes: dict[int, list[int]] = {cid: [] for cid in self.cids}
+        self.out = {cid: bytearray() for cid in self.cids}
+        self.inflight = {cid: 0 for cid in self.cids}
+        self.depth = 0
+
+    def message(self, binary: bool, cid: int, payload: bytes) -> bytes | None:
+        e = self.engine
+        other = self.cids[1] if cid == self.cids[0] else self.cids[0]
+        act = payload[0] % 8 if payload else 0
+        if act == 1:
+            e.close(other, CHAOS_CLOSE_CODE, b"bye")
+        elif act == 2:
+            e.abort(other)
+        elif act in (3, 5) and self.depth == 0:
+            if act == 5:
+                e.abort(cid)  # the connection being parsed goes first
+            self.depth += 1
+            try:
+                e.receive_data(other, payload[1:])
+            finally:
+                self.depth -= 1
+        elif act == 4:
+            e.send_many(list(self.cids), payload, 1 << 16, binary=binary)
+        elif act == 6 and other in e:
+            e.begin(other)
+            self.inflight[other] += 1
+        elif act == 7:
+            raise ValueError("handler failure")
+        else:
+            return payload
+        return None
+
+    def drain(self) -> None:
+        for cid in self.cids:
+            self.out[cid] += self.engine.data_to_send(cid)
+
+    def run(self, stream: bytes, seed: int) -> None:
+        e = self.engine
+        for i, piece in enumerate(pieces(stream, seed)):
+            cid = self.cids[i % 2]
+            if cid in e:
+                e.receive_data(cid, piece)
+            self.drain()
+            if not any(c in e for c in self.cids):
+                break
+        for cid in self.cids:
+            while self.inflight[cid] and cid in e:
+                e.end(cid)
+                self.inflight[cid] -= 1
+                self.drain()
+        for cid in self.cids:
+            if cid in e:
+                e.receive_eof(cid)
+        assert len(e) == 0 and e.n_open == 0 and e.inflight_total == 0
+        assert self.pool.bytes_in_use == 0, f"{self.pool.bytes_in_use} pool bytes outlived the connections"
+        for cid in self.cids:
+            assert len(self.closes[cid]) == 1, f"on_close ran {len(self.closes[cid])} times"
+            frames = parse_frames(bytes(self.out[cid]))
+            for j, f in enumerate(frames):
+                assert not f.masked and f.fin and f.rsv == 0 and f.opcode in (1, 2, 8, 10), f
+                assert f.opcode != 8 or j == len(frames) - 1, "a frame after our close frame"
+
+
 def expected(stream: bytes, client: bool) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], int | None]:
     """RefParser's view: (messages, frames the engine must write, close code or None)."""
     ref = RefParser(client=client, max_message_size=MAX_MESSAGE, max_fragments=MAX_FRAGMENTS)
@@ -176,6 +262,9 @@ def test_one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     flags, seed, stream = data[0], data[1], data[2:]
+    if flags & 16:
+        Pair(bool(flags & 4)).run(stream, seed)
+        return
     client, chaos, tight = bool(flags & 1), bool(flags & 2), bool(flags & 4)
     raw_head = client and bool(flags & 8)
     c = Conn(client, chaos, tight, raw_head)

@@ -10,6 +10,9 @@ flags bit 0: JSON-RPC over HTTP is served (``max_http_body``=512).
 flags bit 1: a strict policy: upgrade paths, an Origin allowlist, subprotocols, and an
              auth hook refusing requests that carry ``X-Deny``.
 flags bit 2: admission refuses upgrades (503 with Retry-After), as a full server does.
+flags bit 3: every answer but a 101 is deferred (``HTTP_DEFER``) and given with
+             ``respond()`` after the bytes of that read: pipelined bytes wait in the
+             core meanwhile and are parsed then, as with async handlers.
 
 Invariants: no crash; ``handle_request`` never raises and always returns a Decision
 whose status is one it documents (never 500: no hook here fails) with a response that
@@ -28,7 +31,7 @@ import re
 from fuzzing import instrumented, main, parse_frames, pieces
 
 with instrumented():
-    from fastrpc._core import HTTP_UPGRADE, BufferPool, Engine
+    from fastrpc._core import HTTP_BODY, HTTP_DEFER, HTTP_KEEP_ALIVE, HTTP_UPGRADE, BufferPool, Engine
     from fastrpc.handshake import Decision, HandshakePolicy, handle_request
     from fastrpc.http import HttpRpc
     from fastrpc.limits import Limits
@@ -90,6 +93,8 @@ class Server:
         self.bodies: list[bytes] = []
         self.answers: list[bytes] = []  # every response handed to the engine, in order
         self.upgraded = False
+        self.defer = bool(flags & 8)
+        self.deferred: list[tuple[bytes, bool]] = []  # (response, keep_alive) to respond()
         e.on_handshake = self.on_handshake
         e.on_body = self.on_body
         e.on_http_close = self.http.on_http_close
@@ -106,18 +111,27 @@ class Server:
         check_decision(d, head)
         if d.rpc:
             response, action = self.http.on_request(cid, d)
-            if type(response) is bytes:
-                self.answers.append(response)
-            return response, action
-        self.answers.append(d.response)
+            if action == HTTP_BODY:
+                return response, action
+            return self.answer(response, action)
         self.upgraded = d.upgrade
-        return d.response, HTTP_UPGRADE if d.upgrade else 0
+        if d.upgrade:
+            self.answers.append(d.response)
+            return d.response, HTTP_UPGRADE
+        return self.answer(d.response, 0)
+
+    def answer(self, response: bytes, action: int) -> tuple[bytes, int]:
+        assert type(response) is bytes
+        self.answers.append(response)
+        if self.defer:
+            self.deferred.append((response, action == HTTP_KEEP_ALIVE))
+            return b"", HTTP_DEFER
+        return response, action
 
     def on_body(self, cid: int, body: bytes) -> tuple[bytes, int]:
         self.bodies.append(body)
         response, action = self.http.on_body(cid, body)
-        self.answers.append(response)
-        return response, action
+        return self.answer(response, action)
 
     def run(self, stream: bytes, seed: int) -> bytes:
         e = self.engine
@@ -128,6 +142,11 @@ class Server:
                 break
             e.receive_data(cid, piece)
             out += e.data_to_send(cid)
+            while self.deferred and cid in e:  # the "async" answers, after this read
+                response, keep_alive = self.deferred.pop(0)
+                assert e.respond(cid, response, keep_alive), "respond() refused a deferred answer"
+                out += e.data_to_send(cid)
+            assert not self.deferred or cid not in e
         if cid in e:
             e.receive_eof(cid)
         assert len(e) == 0 and e.n_pending == 0 and e.n_open == 0

@@ -87,6 +87,13 @@ def frames_corpus() -> list[bytes]:
         RESPONSE[:40],
     ]):
         out.append(bytes([9, i % 3]) + head + client[i % len(client)])
+    # two connections whose callbacks reach across (flags bit 4): every action, both pools
+    cross = b"".join(ref_encode(1 + a % 2, bytes([a]) + ref_encode(1, bytes([a ^ 1]) * 3, mask_key=KEY),
+                                mask_key=KEY) for a in range(8))
+    for flags in (16, 20):
+        out.append(bytes([flags, 0]) + cross)
+        out.append(bytes([flags, 1]) + cross[:120])
+        out.append(bytes([flags, 9]) + cross + server[4])
     # chaos and tight-pool modes: a few streams each, messages picking every action
     actions = b"".join(ref_encode(1, bytes([a]) + b"act", mask_key=KEY) for a in range(8))
     for flags in (2, 4, 6):
@@ -162,6 +169,8 @@ def http_corpus() -> list[bytes]:
         if i % 4 == 0:
             out.append(bytes([0, 0]) + h)
             out.append(bytes([7, 5]) + h)      # strict policy, admission refusing
+        if b"POST" in h[:4] or i % 8 == 1:
+            out.append(bytes([9, i % 3]) + h)  # answers deferred, then respond()
     return out
 
 
