@@ -115,9 +115,9 @@ class Conn:
         elif act == 5:
             e.begin(cid)  # a request in flight; two pause reading
             self.inflight += 1
-        elif act == 6 and self.inflight:
+        elif act == 6 and self.inflight > 0:
+            self.inflight -= 1  # before end(): it resumes reading, and callbacks run
             e.end(cid)
-            self.inflight -= 1
         elif act == 7:
             e.sweep(close_timeout_ms=0)  # drops a connection already closing
         return None
@@ -129,9 +129,9 @@ class Conn:
                 break
             e.receive_data(self.cid, piece)
             self.out += e.data_to_send(self.cid)
-        while self.inflight and self.cid in e:  # finish the requests: reading resumes
+        while self.inflight > 0 and self.cid in e:  # finish the requests: reading resumes
+            self.inflight -= 1  # first: the callbacks end() resumes may end more
             e.end(self.cid)
-            self.inflight -= 1
             self.out += e.data_to_send(self.cid)
         if self.cid in e:
             e.receive_eof(self.cid)
@@ -218,9 +218,9 @@ class Pair:
             if not any(c in e for c in self.cids):
                 break
         for cid in self.cids:
-            while self.inflight[cid] and cid in e:
-                e.end(cid)
+            while self.inflight[cid] > 0 and cid in e:
                 self.inflight[cid] -= 1
+                e.end(cid)
                 self.drain()
         for cid in self.cids:
             if cid in e:
