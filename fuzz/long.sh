@@ -5,12 +5,13 @@
 # libFuzzer's final cov and ft, corpus size, crashes) and writes it to
 # build/fuzz-long/summary.md. Exits 1 if any target crashed (its input is in its work
 # directory: keep it in fuzz/corpus/TARGET and turn it into a regression test).
-# On a shared machine: nice -n 10 fuzz/long.sh 10
+# On a shared machine: nice -n 10 fuzz/long.sh 10. FUZZ_TARGETS="frames ..." runs only
+# those; FUZZ_LONG_WORK=DIR works there instead of build/fuzz-long (wiped at the start).
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 minutes="${1:-10}"
 targets="${FUZZ_TARGETS:-$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); import fuzzing; print(" ".join(fuzzing.TARGETS))' "$FUZZ_DIR")}"
-export FUZZ_WORK="$REPO/build/fuzz-long"
+export FUZZ_WORK="${FUZZ_LONG_WORK:-$REPO/build/fuzz-long}"
 rm -rf "$FUZZ_WORK"
 mkdir -p "$FUZZ_WORK"
 if [ "$FUZZ_BUILD" = asan ]; then
