@@ -1586,6 +1586,40 @@ class TestNoBlockOutlivesItsConnection:
         assert p.events[-1] == ("text", b, text(300) + text(10, 1))
         assert p.pool.bytes_in_use == 0
 
+    def test_requests_begun_and_ended_from_callbacks_during_a_resume(self, peer):
+        """From fuzz/corpus/frames/747343c1... (a 10-minute fuzz run's timeout): the
+        message callbacks begin() and end() requests while end() resumes reading. Each
+        kept message is delivered once, in order; an end() with nothing in flight changes
+        nothing (the uint32 counts never wrap below zero); the connection reads on. (The
+        loop that timed out was the fuzz harness's own count going below zero; this pins
+        the engine's side of the same input.)"""
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "fuzz", "corpus", "frames",
+                               "747343c10365a128c893c6fc1e779b312ed54e36"), "rb") as fh:
+            stream = fh.read()[2:]  # after the fuzz target's flags and split seed
+        p = peer(max_inflight=2)
+        e = p.engine
+        cid = upgrade(p)
+        payloads = [ref_mask(stream[i + 6:i + 10], stream[i + 2:i + 6]) for i in range(0, 80, 10)]
+        assert payloads == [b"@act", b"\x0eact", b"%act", b"\x04act", b"\x05act", b"\x06act",
+                            b"\x06act", b"\x07act"]
+        p.hooks[b"\x0eact"] = e.end   # nothing in flight yet: a no-op
+        p.hooks[b"%act"] = e.begin
+        p.hooks[b"\x05act"] = e.begin  # the second: reading pauses, the rest is kept
+        p.hooks[b"\x06act"] = e.end    # once from 1 to 0 (run from the resume), once at 0
+        p.hooks[b"\x07act"] = lambda c: e.sweep(close_timeout_ms=0)
+        for piece in (stream[:42], stream[42:62], stream[62:]):  # the target's cuts (seed 7)
+            e.receive_data(cid, piece)
+        assert [ev[2] for ev in p.events if ev[0] == "text"] == payloads[:5]
+        assert e.table.info(cid)["inflight"] == 2 and p.counter("read_pauses") == 1
+        e.end(cid)  # the resume delivers the kept three, whose callbacks end and sweep
+        assert [ev[2] for ev in p.events if ev[0] == "text"] == payloads
+        assert e.table.info(cid)["inflight"] == 0 and e.inflight_total == 0
+        e.end(cid)
+        assert e.table.info(cid)["inflight"] == 0 and e.inflight_total == 0
+        assert e.state(cid) == OPEN
+        e.receive_data(cid, masked(OP_TEXT, b"reads on"))
+        assert p.events[-1] == ("text", cid, b"reads on")
+
 
 # --- the HTTP phase (server role) -----------------------------------------------------------
 
