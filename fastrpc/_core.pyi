@@ -354,6 +354,11 @@ class Engine:
     def send(self, cid: int, data: Buffer, binary: bool = False) -> bool:
         """Queue one message (masked in the client role); written at the end of the
         batch or on the next loop turn. False when the id is stale or closing."""
+    def hold_sends(self) -> bool:
+        """Hold sends until ``release_sends()`` writes them (one send per connection);
+        False when they are held already (inside a batch): then do not release."""
+    def release_sends(self) -> None:
+        """Write what was sent since ``hold_sends()``."""
     def send_many(self, cids: list[int], data: Buffer, max_queued: int, binary: bool = False) -> list[int]:
         """One frame encoding, written to each server connection; returns the ids
         skipped (gone, closing, client role, or pending output would pass ``max_queued``)."""

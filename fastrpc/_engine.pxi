@@ -1090,6 +1090,21 @@ cdef class Engine:
             return False
         return self._send_frame(s, cid, 2 if binary else 1, data) == 0
 
+    def hold_sends(self):
+        """Hold what is sent from now on until ``release_sends()``, which writes it:
+        one send() per connection, as at the end of a readiness batch, instead of a
+        loop callback to do that on the next turn. Returns False when sends are held
+        already (a batch is in progress): then do not call ``release_sends()``."""
+        if self.in_batch:
+            return False
+        self.in_batch = True
+        return True
+
+    def release_sends(self):
+        """End ``hold_sends()``: write what was queued meanwhile, now."""
+        self.in_batch = False
+        self._flush_dirty()
+
     def send_many(self, cids, data, size_t max_queued, bint binary=False):
         """Write the same message to every id in `cids`; the frame is encoded once.
         Server connections only (a client's frames need a mask each). Returns the ids

@@ -66,7 +66,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from . import _core
-from ._clientcall import Call as _Call, ClientCore, Router, norm_params as _params
+from ._clientcall import Call as _Call, ClientCore, Router, Wakeups, norm_params as _params
 from .errors import (
     CLOSE_ABNORMAL,
     CLOSE_NORMAL,
@@ -212,8 +212,11 @@ class _Hub:
         r.on_response = self._on_response
         # Compiled: the common reply settles its call without a Python frame; any
         # other message goes to Client._on_message.
-        r.on_text = r.on_binary = Router(self.clients)
+        r.on_text = r.on_binary = Router(self.clients).deliver
         r.on_close = self._on_close
+        # Settled calls wake their tasks in one loop callback per turn, with the
+        # reactor's sends held meanwhile (their next requests leave in one send).
+        self.wakeups = Wakeups(loop, r)
         r.attach(loop)
         timers = [t for t in (key.ping_interval_ms, key.pong_timeout_ms) if t]
         self.tick = max(0.02, min([1.0] + [t / 4000 for t in timers]))
@@ -586,6 +589,7 @@ class Client(ClientCore):
         self._state = _OPEN
         assert self._hub is not None
         self._send = self._hub.reactor.send
+        self._wakeups = self._hub.wakeups
         if self._open_fut is not None and not self._open_fut.done():
             self._open_fut.set_result(None)
         return True
@@ -771,7 +775,7 @@ class Client(ClientCore):
             else:
                 self._malformed("reply to an unknown id", msg, "unknown_ids")
             return
-        self.counters["replies"] += 1
+        self._replies += 1
         has_result = "result" in msg
         if "error" in msg:
             err = msg["error"]
@@ -1007,7 +1011,7 @@ class Batch:
             for _, call in self._calls:
                 call.settle(exc=exc)
             return
-        c.counters["calls"] += len(self._calls)
+        c._calls += len(self._calls)
         c.counters["notifications_sent"] += len(self._entries) - len(self._calls)
         for rid, call in self._calls:
             c._pending[rid] = call

@@ -220,6 +220,62 @@ def test_timeouts_late_replies_and_cancellation(crun, rpc_server):
     crun(body())
 
 
+def test_held_sends_are_written_on_release(crun, rpc_server):
+    """The reactor writes what is sent while held (``hold_sends``) at
+    ``release_sends()``, not on a later loop turn; unheld, on the next turn."""
+
+    async def body():
+        srv = await rpc_server(build())
+        async with fastrpc.connect(url(srv)) as c:
+            [r] = reactors()
+            out = r.counters_dict()["bytes_out"]
+            req = b'{"jsonrpc":"2.0","id":1000,"method":"echo","params":[1]}'
+            assert r.hold_sends() and not r.hold_sends()  # held already: not to release
+            assert r.send(c._cid, req)
+            await asyncio.sleep(0)
+            assert r.counters_dict()["bytes_out"] == out  # held across the turn
+            r.release_sends()
+            assert r.counters_dict()["bytes_out"] > out
+            out = r.counters_dict()["bytes_out"]
+            assert r.send(c._cid, req.replace(b"1000", b"1001"))
+            assert r.counters_dict()["bytes_out"] == out
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert r.counters_dict()["bytes_out"] > out
+            await wait_until(lambda: c.stats()["late_replies"] + c.stats()["unknown_ids"] == 2,
+                             WAIT, "the two replies")
+            assert await c.call("echo", "still fine") == "still fine"
+
+    crun(body())
+
+
+def test_many_tasks_in_flight_with_cancellations(crun, rpc_server):
+    """64 tasks making calls one after another on one connection while some are
+    cancelled mid-call: every other call gets its own result, nothing stays pending."""
+
+    async def body():
+        srv = await rpc_server(build(Limits()))
+        async with fastrpc.connect(url(srv)) as c:
+            done = []
+
+            async def caller(k):
+                for i in range(50):
+                    assert await c.call("add", k, i) == k + i
+                done.append(k)
+
+            tasks = [asyncio.ensure_future(caller(k)) for k in range(64)]
+            await asyncio.sleep(0.01)
+            for t in tasks[::8]:
+                t.cancel()
+            res = await asyncio.gather(*tasks, return_exceptions=True)
+            cancelled = [r for r in res if isinstance(r, asyncio.CancelledError)]
+            assert len(cancelled) + len(done) == 64 and len(done) >= 56
+            assert all(r is None for r in res if not isinstance(r, asyncio.CancelledError))
+            assert c.in_flight == 0
+
+    crun(body())
+
+
 def test_subscription_routes_and_unsubscribes(crun, rpc_server):
     async def body():
         srv = await rpc_server(build())

@@ -1038,6 +1038,19 @@ class TestRFC6455_5_1_Masking:
         assert [m[1:] for m in link.c.events if m[0] in ("text", "binary")] == \
             [(link.ccid, text(i * 50)) for i in range(4)]
 
+    def test_sends_held_and_released(self, link):
+        """``hold_sends`` nests as a flag (False: held already, do not release);
+        what is sent meanwhile comes out whole, in order, after ``release_sends``."""
+        e = link.c.engine
+        assert e.hold_sends() is True
+        assert e.hold_sends() is False
+        assert e.send(link.ccid, b"one") and e.send(link.ccid, b"two")
+        e.release_sends()
+        assert e.hold_sends() is True
+        e.release_sends()
+        link.pump()
+        assert [m[1:] for m in link.s.events if m[0] == "text"] == [(link.scid, b"one"), (link.scid, b"two")]
+
     def test_a_masked_server_frame_is_refused_by_the_client_with_1002(self, link):
         link.c.engine.receive_data(link.ccid, masked(OP_TEXT, b"masked"))
         assert link.c.of("text") == []
